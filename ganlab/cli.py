@@ -1,0 +1,70 @@
+"""`ganlab <verb> [hydra overrides...]`: verb dispatch in front of one `@hydra.main` shim.
+
+The verb becomes `--config-name=<verb>`, so everything after it is plain Hydra: `-m` sweeps, `--help`,
+`--cfg job`, `--info`, `+experiment=...`. An argv that already names a config (`-cn`/`--config-name`, as
+Lightning's DDP launcher re-invokes the script for each rank) passes through untouched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from ganlab import __version__
+from ganlab.errors import GanlabError
+
+VERBS = {
+    "train": "train a model: ganlab train +experiment=gan_gaussian trainer.max_steps=2000",
+    "sample": "sample a trained run: ganlab sample run=latest n=64 (or interpolate=true)",
+}
+
+USAGE = f"""usage: ganlab <verb> [hydra overrides...]
+
+ganlab {__version__}: GAN and interpretability experiments on Hydra + PyTorch Lightning.
+
+verbs:
+{chr(10).join(f"  {verb:<8} {text}" for verb, text in VERBS.items())}
+
+Each verb is a Hydra app: `ganlab train --help` lists its config groups, `ganlab train --cfg job`
+prints the composed config, `ganlab train -m key=a,b` sweeps.
+"""
+
+_CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path")
+
+
+def _names_a_config(argv: list[str]) -> bool:
+    return any(arg.split("=", 1)[0] in _CONFIG_FLAGS for arg in argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if _names_a_config(args):
+        _hydra_app()
+        return
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        sys.exit(0 if args else 2)
+    if args[0] == "--version":
+        print(f"ganlab {__version__}")
+        return
+    verb = args[0]
+    if verb not in VERBS:
+        sys.exit(f"ganlab: unknown verb {verb!r}; expected one of: {', '.join(VERBS)}\n\n{USAGE}")
+    sys.argv = [sys.argv[0], f"--config-name={verb}", *args[1:]]
+    _hydra_app()
+
+
+@hydra.main(config_path="configs", config_name=None, version_base="1.3")
+def _hydra_app(cfg: DictConfig) -> object:
+    verb = cfg.task_name
+    task = getattr(importlib.import_module(f"ganlab.tasks.{verb}"), verb)
+    try:
+        return task(cfg)
+    except GanlabError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"ganlab {verb}: error: {err}")

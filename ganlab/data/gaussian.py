@@ -1,0 +1,70 @@
+"""Samples from a normal distribution, drawn on the fly (the lecture's first GAN exercise).
+
+Training batches come from a seeded generator that advances every epoch; the validation set is a fixed
+draw from an independent seed, so metrics compare G against samples it never trained on.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+
+class GaussianBatches(IterableDataset):
+    """`num_batches` batches of shape (batch_size, dim) from N(mean, std^2); a new draw each epoch."""
+
+    def __init__(self, mean: float, std: float, dim: int, batch_size: int, num_batches: int, seed: int) -> None:
+        super().__init__()
+        self.mean, self.std, self.dim = mean, std, dim
+        self.batch_size, self.num_batches, self.seed = batch_size, num_batches, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rng = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        for _ in range(self.num_batches):
+            x = self.mean + self.std * torch.randn(self.batch_size, self.dim, generator=rng)
+            yield {"image": x, "label": torch.zeros(self.batch_size, dtype=torch.long)}
+
+
+class GaussianDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        mean: float = 4.0,
+        std: float = 1.25,
+        dim: int = 1,
+        batch_size: int = 256,
+        batches_per_epoch: int = 100,
+        val_samples: int = 10_000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if std <= 0 or dim < 1 or batch_size < 1 or batches_per_epoch < 1 or val_samples < 1:
+            raise ValueError(f"gaussian data: need std > 0 and positive sizes, got std={std}, dim={dim}, "
+                             f"batch_size={batch_size}, batches_per_epoch={batches_per_epoch}, "
+                             f"val_samples={val_samples}")
+        self.save_hyperparameters()
+        self.train_batches = GaussianBatches(mean, std, dim, batch_size, batches_per_epoch, seed)
+        held_out = torch.Generator().manual_seed(seed + 999_983)
+        self.val_set = mean + std * torch.randn(val_samples, dim, generator=held_out)
+
+    def state_dict(self) -> dict[str, int]:
+        # Saved in Lightning checkpoints so a resumed run continues the sequence of draws.
+        return {"epoch": self.train_batches.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.train_batches.epoch = int(state_dict["epoch"])
+
+    def train_dataloader(self) -> DataLoader:
+        # The dataset yields whole batches; batch_size=None stops the loader from batching again.
+        return DataLoader(self.train_batches, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        data = [{"image": x, "label": torch.zeros((), dtype=torch.long)} for x in self.val_set]
+        return DataLoader(data, batch_size=self.hparams.batch_size * 4)

@@ -1,0 +1,206 @@
+"""Run directories: find them (`latest`, `latest:<name>`, a dir, a .ckpt), describe them, load them safely.
+
+A run dir holds `config.yaml` (the resolved config), `run.yaml` (manifest: status, checkpoints, metrics)
+and `checkpoints/`. Everything `sample` needs is in there. Loading never executes code chosen by the file:
+YAML is read with OmegaConf's safe loader, every `_target_` is checked against an allowlist before Hydra
+instantiates anything, and checkpoints are read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from ganlab.errors import GanlabError
+
+CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "run.yaml"
+CHECKPOINT_DIR = "checkpoints"
+ALLOWED_TARGET_PREFIXES = ("ganlab.", "torch.nn.", "torch.optim.", "pytorch_lightning.")
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run dir and the checkpoint in it that a verb should use."""
+
+    run_dir: Path
+    checkpoint: Path
+
+
+def timestamp() -> str:
+    return dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def new_output_dir(parent: Path, name: str | None = None) -> Path:
+    """Create a fresh dir under `parent`; never reuse one, so earlier outputs are never overwritten."""
+    base = name or timestamp()
+    for suffix in range(1000):
+        candidate = parent / (base if suffix == 0 else f"{base}_{suffix}")
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            continue
+    raise GanlabError(f"{parent}: could not create a new output dir named {base}*")
+
+
+def write_yaml_atomic(path: Path, data: dict[str, Any] | DictConfig) -> None:
+    """Write through a temp file + rename, so a crash never leaves a half-written file behind."""
+    text = OmegaConf.to_yaml(data if isinstance(data, DictConfig) else OmegaConf.create(data))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    path = run_dir / MANIFEST_FILE
+    manifest = read_manifest(run_dir) if path.exists() else {}
+    manifest.update(fields)
+    write_yaml_atomic(path, manifest)
+    return manifest
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / MANIFEST_FILE
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path))
+    except FileNotFoundError:
+        raise GanlabError(f"{path}: not found; expected the run manifest written by `ganlab train`") from None
+    except Exception as err:  # yaml/omegaconf raise many types for a damaged file
+        raise GanlabError(f"{path}: not a valid run manifest ({err})") from None
+    if not isinstance(data, dict):
+        raise GanlabError(f"{path}: expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / MANIFEST_FILE).is_file()
+
+
+def _find_runs(train_dir: Path) -> list[Path]:
+    """Run dirs below `<log_dir>/train/<name>/`: single runs and multirun jobs alike."""
+    return [p.parent for p in train_dir.glob("*/*/" + MANIFEST_FILE) if _is_run_dir(p.parent)] + [
+        p.parent for p in train_dir.glob("*/*/*/" + MANIFEST_FILE) if _is_run_dir(p.parent)
+    ]
+
+
+def _latest_run(log_dir: Path, name: str | None) -> Path:
+    train_dir = log_dir / "train"
+    runs = _find_runs(train_dir)
+    if name is not None:
+        runs = [r for r in runs if r.relative_to(train_dir).parts[0] == name]
+    if not runs:
+        where = train_dir / name if name else train_dir
+        raise GanlabError(f"run=latest{':' + name if name else ''}: no runs found under {where} "
+                          "(expected <name>/<timestamp>/run.yaml written by `ganlab train`)")
+    return max(runs, key=lambda r: ((r / MANIFEST_FILE).stat().st_mtime, str(r)))
+
+
+def _checkpoint_of(run_dir: Path) -> Path:
+    """The run's last checkpoint: the manifest's record, else checkpoints/last.ckpt, else the newest .ckpt."""
+    manifest = read_manifest(run_dir)
+    recorded = manifest.get("last_checkpoint")
+    if recorded and (run_dir / recorded).is_file():
+        return run_dir / recorded
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    if (ckpt_dir / "last.ckpt").is_file():
+        return ckpt_dir / "last.ckpt"
+    found = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise GanlabError(f"{run_dir}: no checkpoint in {ckpt_dir} (expected last.ckpt); "
+                          f"the run's status is {manifest.get('status', 'unknown')!r}")
+    return found[-1]
+
+
+def resolve_run(spec: str | os.PathLike, log_dir: str | os.PathLike) -> RunRef:
+    """`latest`, `latest:<name>`, a run dir, or a `.ckpt` inside a run dir -> RunRef."""
+    spec = str(spec)
+    if spec == "latest" or spec.startswith("latest:"):
+        run_dir = _latest_run(Path(log_dir), spec.partition(":")[2] or None)
+        return RunRef(run_dir, _checkpoint_of(run_dir))
+    path = Path(spec).expanduser()
+    if path.is_file():
+        run_dir = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
+        if not _is_run_dir(run_dir):
+            raise GanlabError(f"{path}: expected a checkpoint inside a ganlab run dir "
+                              f"(<run>/{CHECKPOINT_DIR}/*.ckpt next to <run>/{CONFIG_FILE})")
+        return RunRef(run_dir, path)
+    if path.is_dir():
+        if not _is_run_dir(path):
+            raise GanlabError(f"{path}: not a ganlab run dir (expected {CONFIG_FILE} and {MANIFEST_FILE})")
+        return RunRef(path, _checkpoint_of(path))
+    raise GanlabError(f"run={spec}: no such run dir or checkpoint file "
+                      "(give a run dir, a .ckpt, latest or latest:<name>)")
+
+
+def check_targets(node: Any, source: str, key: str = "") -> None:
+    """Refuse any `_target_` outside the allowlist before Hydra can import or call it."""
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            child_key = f"{key}.{k}" if key else str(k)
+            if k == "_target_":
+                target = node[k]
+                if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES):
+                    raise GanlabError(f"{source}: {child_key}={target!r} is not allowed; targets must start "
+                                      f"with one of {', '.join(ALLOWED_TARGET_PREFIXES)}")
+            else:
+                check_targets(node._get_node(k), source, child_key)
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node._iter_ex(resolve=False)):
+            check_targets(item, source, f"{key}[{i}]")
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    path = run_dir / CONFIG_FILE
+    try:
+        cfg = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise GanlabError(f"{path}: not found; expected the resolved config written by `ganlab train`") from None
+    except Exception as err:
+        raise GanlabError(f"{path}: not a valid config ({err})") from None
+    if not isinstance(cfg, DictConfig) or "model" not in cfg:
+        raise GanlabError(f"{path}: expected a ganlab run config with a `model` section")
+    check_targets(cfg, str(path))
+    return cfg
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a Lightning checkpoint with weights_only=True; a damaged file becomes one clear message."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise GanlabError(f"{path}: checkpoint not found") from None
+    except Exception as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GanlabError(f"{path}: not a readable checkpoint ({first_line}); expected a .ckpt written by "
+                          "ganlab/Lightning (it may be truncated or from an untrusted source)") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise GanlabError(f"{path}: expected a Lightning checkpoint with a 'state_dict' entry")
+    return ckpt
+
+
+def load_model(ref: RunRef, device: str | torch.device = "cpu") -> tuple[Any, DictConfig]:
+    """Rebuild the run's LightningModule from config.yaml and load the checkpoint's weights (eval mode)."""
+    from hydra.utils import instantiate  # deferred: hydra import is slow and only needed here
+
+    cfg = load_run_config(ref.run_dir)
+    ckpt = load_checkpoint(ref.checkpoint)
+    try:
+        model = instantiate(cfg.model)
+    except Exception as err:
+        raise GanlabError(f"{ref.run_dir / CONFIG_FILE}: cannot rebuild the model ({err})") from None
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise GanlabError(f"{ref.checkpoint}: weights do not fit the model in {ref.run_dir / CONFIG_FILE} "
+                          f"({' '.join(first[:2])[:300]})") from None
+    return model.to(device).eval(), cfg

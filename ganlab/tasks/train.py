@@ -1,0 +1,105 @@
+"""`ganlab train`: build data, model, callbacks, loggers and Trainer from the config and fit.
+
+The run dir (Hydra's output dir) gets the resolved config.yaml and a run.yaml manifest before training
+starts, and the manifest is updated with the outcome, the last checkpoint and the final metrics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from ganlab import __version__
+from ganlab.errors import GanlabError
+from ganlab.runs import CHECKPOINT_DIR, CONFIG_FILE, load_checkpoint, resolve_run, update_manifest, write_yaml_atomic
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    return [instantiate(node) for node in (group or {}).values() if node]
+
+
+def _check_fits(model: pl.LightningModule, ckpt: dict[str, Any], path: Path) -> None:
+    """A checkpoint from another model or size gets one message, not Lightning's 40-line state_dict dump."""
+    own = model.state_dict()
+    theirs = ckpt["state_dict"]
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    resized = sorted(k for k in set(own) & set(theirs) if tuple(own[k].shape) != tuple(theirs[k].shape))
+    if missing or unexpected or resized:
+        details = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", resized))
+            if keys
+        )
+        raise GanlabError(f"{path}: checkpoint does not fit the configured model ({details}); "
+                          "resume with the same experiment and overrides as the original run")
+
+
+def _metrics(trainer: pl.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if torch.as_tensor(v).numel() == 1}
+
+
+def train(cfg: DictConfig) -> Path:
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path: Path | None = None
+    if cfg.get("ckpt_path"):
+        ckpt_path = resolve_run(cfg.ckpt_path, cfg.paths.log_dir).checkpoint
+        resume_ckpt = load_checkpoint(ckpt_path)
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule: pl.LightningDataModule = instantiate(cfg.data)
+    model: pl.LightningModule = instantiate(cfg.model)
+    if ckpt_path is not None:
+        _check_fits(model, resume_ckpt, ckpt_path)
+        del resume_ckpt
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
+                                      logger=loggers or False)
+
+    if rank_zero_only.rank == 0:
+        write_yaml_atomic(run_dir / CONFIG_FILE, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
+        update_manifest(
+            run_dir,
+            status="running",
+            name=cfg.name,
+            ganlab_version=__version__,
+            started=dt.datetime.now().isoformat(timespec="seconds"),
+            overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:],
+            resumed_from=str(ckpt_path) if ckpt_path else None,
+        )
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except BaseException as err:
+        if rank_zero_only.rank == 0:
+            update_manifest(run_dir, status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+                            error=f"{type(err).__name__}: {err}"[:500], global_step=trainer.global_step)
+        raise
+    status = "interrupted" if trainer.interrupted else "completed"
+    # Save the final state explicitly: periodic checkpoints need not fall on the last step.
+    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    trainer.save_checkpoint(last, weights_only=False)
+    metrics = _metrics(trainer)
+    # Final metrics on the held-out split at the final weights (fit validates only at epoch ends).
+    if trainer.limit_val_batches and not trainer.interrupted:
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        metrics.update(_metrics(trainer))
+    if trainer.is_global_zero:
+        update_manifest(
+            run_dir,
+            status=status,
+            finished=dt.datetime.now().isoformat(timespec="seconds"),
+            global_step=trainer.global_step,
+            last_checkpoint=str(last.relative_to(run_dir)),
+            metrics=metrics,
+        )
+        print(f"ganlab train: {status} at step {trainer.global_step}; run dir: {run_dir}")
+    return run_dir
