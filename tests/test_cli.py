@@ -1,0 +1,90 @@
+"""End to end through the installed `ganlab` console script, as a user would type it."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchvision.io import decode_png, read_file
+
+from conftest import EXPERIMENTS, TINY, manifest, run_dirs, run_ganlab
+
+
+def _tensorboard_tags(run_dir: Path) -> dict[str, list[str]]:
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return acc.Tags()
+
+
+def test_experiments_are_found():
+    assert {"gan_gaussian", "gan_mnist"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_train_then_sample(experiment, tmp_path, data_dir):
+    run_ganlab("train", f"+experiment={experiment}", *TINY, f"paths.data_dir={data_dir}", cwd=tmp_path)
+    (run_dir,) = run_dirs(tmp_path, experiment)
+    info = manifest(run_dir)
+    assert info["status"] == "completed" and info["global_step"] == 8
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert "${" not in (run_dir / "config.yaml").read_text() and resolved["paths"]["output_dir"] == str(run_dir)
+    assert any(k.startswith("val/") for k in info["metrics"])  # final held-out validation ran
+
+    tags = _tensorboard_tags(run_dir)
+    assert {"train/loss_d", "train/loss_g", "train/D(x)", "train/D(G(z))"} <= set(tags["scalars"])
+
+    proc = run_ganlab("sample", "run=latest", "n=6", cwd=tmp_path)
+    (out,) = (run_dir / "samples").iterdir()
+    assert str(out) in proc.stdout
+    samples = torch.load(out / "samples.pt", weights_only=True)["samples"]
+    shape = tuple(resolved["model"]["generator"]["out_shape"])
+    assert samples.shape == (6, *shape) and torch.isfinite(samples).all()
+    if len(shape) == 3:
+        assert "samples/fixed_noise" in tags["images"]
+        assert samples.min() >= -1 and samples.max() <= 1
+        grid = decode_png(read_file(str(out / "grid.png")))
+        assert grid.shape[0] == 1 and grid.shape[1] > shape[1] and grid.shape[2] >= 3 * shape[2]
+        run_ganlab("sample", f"run={run_dir}", "interpolate=true", "steps=5", "rows=2", cwd=tmp_path)
+        strip = max((run_dir / "samples").iterdir(), key=lambda p: p.name)
+        assert torch.load(strip / "interpolation.pt", weights_only=True)["samples"].shape == (2, 5, *shape)
+        assert (strip / "interpolation.png").is_file()
+    else:
+        assert "samples/density" in tags["images"] and "samples/generated" in tags["histograms"]
+        assert (out / "histogram.png").is_file()
+
+
+def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path):
+    run_ganlab("train", "-m", "+experiment=gan_gaussian", *TINY, "model.lr_g=1e-4,2e-4", "seed=0,1", cwd=tmp_path)
+    runs = run_dirs(tmp_path, "gan_gaussian")
+    assert len(runs) == 4 and len({r.parent for r in runs}) == 1 and runs[0].parent.name.startswith("multirun_")
+    combos = set()
+    for run_dir in runs:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        combos.add((cfg["model"]["lr_g"], cfg["seed"]))
+        assert manifest(run_dir)["status"] == "completed"
+    assert combos == {(1e-4, 0), (1e-4, 1), (2e-4, 0), (2e-4, 1)}
+
+
+def test_loss_switch_is_recorded(tmp_path, data_dir):
+    run_ganlab("train", "+experiment=gan_mnist", *TINY, "model.loss=minimax", "trainer.max_steps=2",
+               f"paths.data_dir={data_dir}", "logger=none", cwd=tmp_path)
+    (run_dir,) = run_dirs(tmp_path, "gan_mnist")
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["loss"] == "minimax"
+
+
+def test_help_lists_verbs_and_config_groups(tmp_path):
+    proc = run_ganlab("--help", cwd=tmp_path)
+    assert "train" in proc.stdout and "sample" in proc.stdout
+    proc = run_ganlab("train", "--help", cwd=tmp_path)
+    assert "Configuration groups" in proc.stdout
+    for group in ("data: gaussian, mnist", "model: gan", "experiment: gan_gaussian, gan_mnist", "trainer:"):
+        assert group in proc.stdout
+
+
+def test_cfg_job_prints_composed_config(tmp_path):
+    proc = run_ganlab("train", "+experiment=gan_gaussian", "--cfg", "job", cwd=tmp_path)
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["model"]["_target_"] == "ganlab.models.gan.GAN" and cfg["data"]["mean"] == 4.0
+    assert not (tmp_path / "outputs").exists()
