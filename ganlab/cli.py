@@ -58,13 +58,25 @@ def main(argv: list[str] | None = None) -> None:
     _hydra_app()
 
 
+def _user_error(err: BaseException) -> GanlabError | None:
+    """The GanlabError behind `err`, if any (Hydra wraps errors raised in constructors it instantiates)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, GanlabError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 @hydra.main(config_path="configs", config_name=None, version_base="1.3")
 def _hydra_app(cfg: DictConfig) -> object:
     verb = cfg.task_name
     task = getattr(importlib.import_module(f"ganlab.tasks.{verb}"), verb)
     try:
         return task(cfg)
-    except GanlabError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        sys.exit(f"ganlab {verb}: error: {err}")
+        sys.exit(f"ganlab {verb}: error: {user_error}")

@@ -92,15 +92,20 @@ def _find_runs(train_dir: Path) -> list[Path]:
     ]
 
 
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / CHECKPOINT_DIR).glob("*.ckpt"))
+
+
 def _latest_run(log_dir: Path, name: str | None) -> Path:
+    """The most recently updated run that has a checkpoint (a run that failed before saving is skipped)."""
     train_dir = log_dir / "train"
-    runs = _find_runs(train_dir)
+    runs = [r for r in _find_runs(train_dir) if _has_checkpoint(r)]
     if name is not None:
         runs = [r for r in runs if r.relative_to(train_dir).parts[0] == name]
     if not runs:
         where = train_dir / name if name else train_dir
-        raise GanlabError(f"run=latest{':' + name if name else ''}: no runs found under {where} "
-                          "(expected <name>/<timestamp>/run.yaml written by `ganlab train`)")
+        raise GanlabError(f"run=latest{':' + name if name else ''}: no runs with a checkpoint under {where} "
+                          "(expected <name>/<timestamp>/run.yaml and checkpoints/*.ckpt from `ganlab train`)")
     return max(runs, key=lambda r: ((r / MANIFEST_FILE).stat().st_mtime, str(r)))
 
 

@@ -41,8 +41,8 @@ def raw_dir_of(root: Path) -> Path:
     return root / "MNIST" / "raw"
 
 
-def load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 (N, 1, 28, 28), labels int64 (N,)) for split 'train' or 'val'."""
+def split_files(root: Path, split: str) -> tuple[Path, Path]:
+    """The (images, labels) IDX files of a split; one clear message if the dir or a file is missing."""
     if not root.is_dir():
         raise GanlabError(f"data.root={root}: no such directory; expected MNIST in torchvision layout "
                           "(<root>/MNIST/raw/train-images-idx3-ubyte[.gz] ...), or data.root=null for the "
@@ -55,6 +55,12 @@ def load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if missing:
         raise GanlabError(f"data.root={root}: missing {', '.join(m + '[.gz]' for m in missing)} in {raw}; "
                           "expected MNIST in torchvision layout (<root>/MNIST/raw/), never downloaded")
+    return paths[0], paths[1]
+
+
+def load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (N, 1, 28, 28), labels int64 (N,)) for split 'train' or 'val'."""
+    paths = split_files(root, split)
     images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1).long()
     if images.shape[0] != labels.shape[0]:
         raise GanlabError(f"{paths[0]} has {images.shape[0]} images but {paths[1]} has {labels.shape[0]} labels")
@@ -131,6 +137,9 @@ class MNISTDataModule(pl.LightningDataModule):
             raise GanlabError(f"MNIST has 1 channel and 10 classes; got data.channels={channels}, "
                               f"data.num_classes={num_classes}")
         self.root = Path(root).expanduser() if root is not None else None
+        if self.root is not None:  # fail before a run dir is set up, not minutes into training
+            for split in SPLITS:
+                split_files(self.root, split)
         self.cache_dir = Path(cache_dir).expanduser()
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.image_size = image_size
