@@ -51,9 +51,8 @@ def test_resize_for_power_of_two_networks(tmp_path):
 
 
 def test_empty_root_names_path_and_expected_files(tmp_path):
-    dm = MNISTDataModule(root=str(tmp_path))
-    with pytest.raises(GanlabError) as err:
-        dm.setup()
+    with pytest.raises(GanlabError) as err:  # at construction, before any run dir is written
+        MNISTDataModule(root=str(tmp_path))
     message = str(err.value)
     assert str(tmp_path) in message and "train-images-idx3-ubyte" in message and "MNIST/raw" in message
 

@@ -1,0 +1,57 @@
+"""Every config composes, and every experiment instantiates into parts whose shapes fit together."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from conftest import EXPERIMENTS
+
+CONFIG_DIR = Path(__file__).parent.parent / "ganlab" / "configs"
+GROUP_OPTIONS = [(g.name, p.stem) for g in sorted(CONFIG_DIR.iterdir()) if g.is_dir() and g.name not in
+                 ("experiment", "hydra", "__pycache__", "local") for p in sorted(g.glob("*.yaml"))]
+
+
+def _compose(overrides: list[str], tmp_path: Path, config_name: str = "train"):
+    with initialize_config_module(config_module="ganlab.configs", version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=[f"paths.root_dir={tmp_path}", *overrides],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_group_option_composes(group, option, tmp_path):
+    prefix = "+" if group == "debug" else ""
+    cfg = _compose([f"{prefix}{group}={option}"], tmp_path)
+    assert cfg.task_name == "train"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_instantiates_and_shapes_fit(experiment, tmp_path):
+    cfg = _compose([f"+experiment={experiment}", "trainer.accelerator=cpu"], tmp_path)
+    assert cfg.name == experiment
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    assert trainer.max_steps == cfg.trainer.max_steps
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    fake = model.generator(model.sample_z(batch["image"].shape[0]))
+    assert fake.shape == batch["image"].shape
+    assert model.discriminator(batch["image"]).shape == (batch["image"].shape[0],)
+    assert torch.isfinite(fake).all()
+
+
+def test_sample_config_composes(tmp_path):
+    with initialize_config_module(config_module="ganlab.configs", version_base="1.3"):
+        cfg = compose(config_name="sample", overrides=["run=latest:gan_mnist", "n=16"])
+    assert cfg.task_name == "sample" and cfg.n == 16 and cfg.run == "latest:gan_mnist"

@@ -1,0 +1,32 @@
+"""A non-editable install (a built wheel) carries its configs and runs from any directory."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_wheel_ships_configs_and_runs_outside_the_checkout(tmp_path):
+    wheels, target, cwd = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    cwd.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True,
+                   capture_output=True)
+    (wheel,) = wheels.glob("ganlab-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "ganlab/configs/__init__.py" in names
+    assert "ganlab/configs/train.yaml" in names and "ganlab/configs/experiment/gan_mnist.yaml" in names
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
+                   capture_output=True)
+
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    where = subprocess.run([sys.executable, "-c", "import ganlab; print(ganlab.__file__)"], cwd=cwd, env=env,
+                           capture_output=True, text=True, check=True)
+    assert where.stdout.strip().startswith(str(target))
+    proc = subprocess.run([str(target / "bin" / "ganlab"), "train", "+experiment=gan_mnist", "--cfg", "job"],
+                          cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "_target_: ganlab.models.gan.GAN" in proc.stdout and "hidden:\n    - 256" in proc.stdout
