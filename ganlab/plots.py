@@ -56,3 +56,15 @@ def density_figure(generated: Tensor, target: Tensor | None = None, title: str =
 def save_figure(fig: plt.Figure, path: Path) -> None:
     fig.savefig(path)
     plt.close(fig)
+
+
+def interpolation_figure(values: Tensor) -> plt.Figure:
+    """(rows, steps) generated 1-D values along latent paths: G(z(t)) against t, one line per path."""
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    t = torch.linspace(0, 1, values.shape[1]).numpy()
+    for row in values.detach().float().cpu():
+        ax.plot(t, row.numpy(), marker=".")
+    ax.set_xlabel("t (spherical interpolation z0 -> z1)")
+    ax.set_ylabel("G(z(t))")
+    fig.tight_layout()
+    return fig

@@ -117,3 +117,10 @@ def test_config_target_outside_allowlist_is_refused(run_copy, tmp_path, key):
     proc = run_ganlab("sample", f"run={run_copy}", cwd=tmp_path, check=False)
     assert_clear_error(proc, "config.yaml", f"{key}._target_='pathlib.Path.touch' is not allowed")
     assert not marker.exists()
+
+
+def test_multirun_with_multiprocess_ddp_is_refused_with_the_fix(tmp_path):
+    proc = run_ganlab("train", "-m", "+experiment=gan_gaussian", *TINY, "trainer.accelerator=cpu",
+                      "trainer.strategy=ddp", "trainer.devices=2", "seed=0,1", cwd=tmp_path, check=False)
+    assert_clear_error(proc, "inside a -m sweep", "trainer.strategy=ddp_spawn", "trainer.devices=1", max_lines=3)
+    assert not list((tmp_path / "outputs").rglob("run.yaml"))

@@ -53,6 +53,10 @@ def test_train_then_sample(experiment, tmp_path, data_dir):
     else:
         assert "samples/density" in tags["images"] and "samples/generated" in tags["histograms"]
         assert (out / "histogram.png").is_file()
+        run_ganlab("sample", f"run={run_dir}", "interpolate=true", "steps=5", "rows=2", cwd=tmp_path)
+        strip = max((run_dir / "samples").iterdir(), key=lambda p: p.name)
+        assert torch.load(strip / "interpolation.pt", weights_only=True)["samples"].shape == (2, 5, 1)
+        assert decode_png(read_file(str(strip / "interpolation.png"))).shape[0] in (3, 4)
 
 
 def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path):

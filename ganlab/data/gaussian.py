@@ -6,11 +6,17 @@ draw from an independent seed, so metrics compare G against samples it never tra
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterator
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
+
+
+# Lightning warns that an IterableDataset's __len__ may be wrong with several workers; ours yields whole
+# batches in the main process (num_workers=0), so the length is exact.
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
 
 
 class GaussianBatches(IterableDataset):

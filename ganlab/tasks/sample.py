@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from ganlab.errors import GanlabError
-from ganlab.plots import density_figure, save_figure, save_grid_png
-from ganlab.runs import new_output_dir, resolve_run, write_yaml_atomic, load_model
+from ganlab.plots import density_figure, interpolation_figure, save_figure, save_grid_png
+from ganlab.runs import load_model, new_output_dir, resolve_run, write_yaml_atomic
 
 
 def slerp(z0: Tensor, z1: Tensor, steps: int) -> Tensor:
@@ -64,9 +64,13 @@ def sample(cfg: DictConfig) -> Path:
         z = slerp(z0, z1, cfg.steps).reshape(cfg.rows * cfg.steps, -1)
         x = model.generate(z).cpu()
         torch.save({"z": z.cpu(), "samples": x.view(cfg.rows, cfg.steps, *shape)}, out_dir / "interpolation.pt")
+        picture = "interpolation.png"
         if len(shape) == 3:
-            save_grid_png(x, out_dir / "interpolation.png", nrow=cfg.steps)
-        picture = "interpolation.png" if len(shape) == 3 else None
+            save_grid_png(x, out_dir / picture, nrow=cfg.steps)
+        elif shape == (1,):
+            save_figure(interpolation_figure(x.view(cfg.rows, cfg.steps)), out_dir / picture)
+        else:
+            picture = None
     else:
         z = model.sample_z(cfg.n, generator=rng)
         x = model.generate(z).cpu()

@@ -14,6 +14,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
@@ -48,7 +49,22 @@ def _metrics(trainer: pl.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if torch.as_tensor(v).numel() == 1}
 
 
+def _refuse_multirun_with_ddp(cfg: DictConfig) -> None:
+    """Lightning's DDP launcher re-runs this script per rank; inside a sweep each child re-runs the sweep."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    many = nodes > 1 or devices == -1 or devices == "auto" or (isinstance(devices, int) and devices > 1) or (
+        not isinstance(devices, (int, str)) and len(devices) > 1)
+    if strategy.startswith("ddp") and "spawn" not in strategy and many:
+        raise GanlabError(f"trainer.strategy={strategy} with several devices cannot run inside a -m sweep "
+                          "(each DDP rank would re-run the sweep); use trainer.strategy=ddp_spawn, or one "
+                          "device per job (trainer.devices=1) with a parallel launcher")
+
+
 def train(cfg: DictConfig) -> Path:
+    _refuse_multirun_with_ddp(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path: Path | None = None
     if cfg.get("ckpt_path"):
