@@ -1,18 +1,21 @@
-"""Unconditional GAN (Goodfellow et al. 2014) as a LightningModule: one D step, then one G step, per batch.
+"""GAN (Goodfellow et al. 2014) and class-conditional GAN (Mirza & Osindero 2014) as one LightningModule.
 
-Manual optimization because the two players have separate optimizers and the order matters. Note that
-Lightning's `trainer.global_step` counts optimizer steps, so one GAN iteration advances it by 2.
+Per batch: one D step, then a G step every `n_critic` D steps. Conditioning lives in the networks
+(`G(z, y)`, `D(x, y)` with `num_classes > 0`); this module only passes the labels along. Manual
+optimization because the two players have separate optimizers and the order matters. Lightning's
+`trainer.global_step` counts optimizer steps, so one iteration advances it by 1 + (1 if G stepped).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from ganlab.losses import discriminator_probability, get_loss
+from ganlab.losses import discriminator_probability, get_loss, gradient_penalty, r1_penalty
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -26,6 +29,11 @@ class GAN(pl.LightningModule):
         loss: str = "nonsaturating",
         lr_g: float = 2e-4,
         lr_d: float = 2e-4,
+        n_critic: int = 1,
+        gp_lambda: float = 10.0,
+        r1_gamma: float = 0.0,
+        label_smoothing: float = 0.0,
+        ema_decay: float = 0.0,
         num_fixed_samples: int = 64,
         fixed_noise_seed: int = 1234,
     ) -> None:
@@ -34,78 +42,143 @@ class GAN(pl.LightningModule):
         # (so checkpoints load with weights_only=True).
         self.save_hyperparameters(ignore=["generator", "discriminator", "optimizer"])
         self.automatic_optimization = False
+        self.loss = get_loss(loss)
+        self._validate(generator, discriminator)
         self.generator = generator
         self.discriminator = discriminator
+        # EMA of G's weights (Karras et al. 2018; Yazici et al. 2019), used for sampling and evaluation.
+        self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay > 0 else None
         self.optimizer_factory = optimizer or torch.optim.Adam
-        self.loss = get_loss(loss)
         self.latent_dim: int = generator.latent_dim
-        fixed = torch.randn(num_fixed_samples, self.latent_dim, generator=torch.Generator().manual_seed(fixed_noise_seed))
-        # A fixed noise batch, saved with the weights, so sample grids are comparable across steps and runs.
-        self.register_buffer("fixed_z", fixed)
+        self.num_classes: int = getattr(generator, "num_classes", 0)
+        rng = torch.Generator().manual_seed(fixed_noise_seed)
+        # A fixed noise batch (and, if conditional, labels cycling through the classes), saved with the
+        # weights, so sample grids are comparable across steps and runs.
+        self.register_buffer("fixed_z", torch.randn(num_fixed_samples, self.latent_dim, generator=rng))
+        self.register_buffer("fixed_y", torch.arange(num_fixed_samples) % max(self.num_classes, 1))
+        self.register_buffer("d_steps", torch.zeros((), dtype=torch.long))
+
+    def _validate(self, generator: nn.Module, discriminator: nn.Module) -> None:
+        hp = self.hparams
+        if hp.n_critic < 1 or not 0 <= hp.label_smoothing < 1 or not 0 <= hp.ema_decay < 1:
+            raise ValueError(f"need model.n_critic >= 1, 0 <= model.label_smoothing < 1, 0 <= model.ema_decay < 1; "
+                             f"got {hp.n_critic}, {hp.label_smoothing}, {hp.ema_decay}")
+        if hp.gp_lambda < 0 or hp.r1_gamma < 0:
+            raise ValueError(f"need model.gp_lambda >= 0 and model.r1_gamma >= 0; got {hp.gp_lambda}, {hp.r1_gamma}")
+        if hp.label_smoothing:
+            self.loss.d_loss(torch.zeros(1), torch.zeros(1), real_label=1.0 - hp.label_smoothing)  # raises if n/a
+        g_classes, d_classes = getattr(generator, "num_classes", 0), getattr(discriminator, "num_classes", 0)
+        if g_classes != d_classes:
+            raise ValueError(f"generator has num_classes={g_classes} but discriminator has {d_classes}; "
+                             "a conditional GAN conditions both")
+        if tuple(generator.out_shape) != tuple(discriminator.in_shape):
+            raise ValueError(f"generator makes {tuple(generator.out_shape)} but discriminator expects "
+                             f"{tuple(discriminator.in_shape)}")
 
     @property
     def sample_shape(self) -> Sequence[int]:
         return self.generator.out_shape
 
+    @property
+    def pack(self) -> int:
+        return getattr(self.discriminator, "pack", 1)
+
     def sample_z(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(n, self.latent_dim, device=self.fixed_z.device, generator=generator)
 
+    def sample_labels(self, n: int, generator: torch.Generator | None = None) -> Tensor | None:
+        if not self.num_classes:
+            return None
+        return torch.randint(self.num_classes, (n,), device=self.fixed_z.device, generator=generator)
+
     @torch.no_grad()
-    def generate(self, z: Tensor) -> Tensor:
-        """G(z) in eval mode (batch-norm running statistics), restoring the previous mode."""
-        was_training = self.generator.training
-        self.generator.eval()
+    def generate(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Samples for looking at and for metrics: the EMA generator if there is one, in eval mode."""
+        net = self.generator_ema if self.generator_ema is not None else self.generator
+        if self.num_classes and y is None:
+            raise ValueError(f"this GAN is class-conditional ({self.num_classes} classes): pass labels y")
+        was_training = net.training
+        net.eval()
         try:
-            return self.generator(z.to(self.fixed_z.device))
+            return net(z.to(self.fixed_z.device), None if y is None else y.to(self.fixed_z.device))
         finally:
-            self.generator.train(was_training)
+            net.train(was_training)
+
+    def fixed_samples(self) -> Tensor:
+        return self.generate(self.fixed_z, self.fixed_y if self.num_classes else None)
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         opt_g = self.optimizer_factory(self.generator.parameters(), lr=self.hparams.lr_g)
         opt_d = self.optimizer_factory(self.discriminator.parameters(), lr=self.hparams.lr_d)
         return [opt_g, opt_d]
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        opt_g, opt_d = self.optimizers()
-        real = batch["image"]
-        fake = self.generator(self.sample_z(real.shape[0]))
+    def _labels(self, batch: dict[str, Tensor]) -> Tensor | None:
+        return batch["label"] if self.num_classes else None
 
-        # D step: maximise E[log D(x)] + E[log(1 - D(G(z)))]; G's output is detached.
+    def _log_scores(self, prefix: str, real_out: Tensor, fake_out: Tensor, **kwargs: Any) -> None:
+        if self.loss.outputs_logits:
+            scores = {f"{prefix}/D(x)": discriminator_probability(real_out),
+                      f"{prefix}/D(G(z))": discriminator_probability(fake_out)}
+        else:  # hinge / WGAN / LSGAN outputs are scores, not logits of a probability
+            scores = {f"{prefix}/D_score(x)": real_out.detach().mean(),
+                      f"{prefix}/D_score(G(z))": fake_out.detach().mean()}
+        self.log_dict(scores, **kwargs)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        hp = self.hparams
+        opt_g, opt_d = self.optimizers()
+        real, y = batch["image"], self._labels(batch)
+        fake = self.generator(self.sample_z(real.shape[0]), y)
+        logs: dict[str, Tensor] = {}
+
+        # D step: the chosen D objective on real vs detached fakes, plus any gradient penalty.
         with self.toggled_optimizer(opt_d):
-            real_logits = self.discriminator(real)
-            fake_logits = self.discriminator(fake.detach())
-            loss_d = self.loss.d_loss(real_logits, fake_logits)
+            real_out = self.discriminator(real, y)
+            fake_out = self.discriminator(fake.detach(), y)
+            loss_d = self.loss.d_loss(real_out, fake_out, real_label=1.0 - hp.label_smoothing)
+            if self.loss.gradient_penalty:  # + lambda * E[(||grad D(x_hat)|| - 1)^2]
+                gp = gradient_penalty(self.discriminator, real, fake, y)
+                logs["train/gradient_penalty"] = gp.detach()
+                loss_d = loss_d + hp.gp_lambda * gp
+            if hp.r1_gamma > 0:  # + gamma/2 * E[||grad D(x)||^2] on real data
+                r1 = r1_penalty(self.discriminator, real, y)
+                logs["train/r1_penalty"] = r1.detach()
+                loss_d = loss_d + 0.5 * hp.r1_gamma * r1
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(loss_d)
             opt_d.step()
+        self.d_steps += 1
+        logs["train/loss_d"] = loss_d.detach()
 
-        # G step: the selected V^(G) (minimax or non-saturating) through the updated D.
-        with self.toggled_optimizer(opt_g):
-            loss_g = self.loss.g_loss(self.discriminator(fake))
-            opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(loss_g)
-            opt_g.step()
+        # G step every n_critic D steps: the chosen G objective through the updated D.
+        if int(self.d_steps) % hp.n_critic == 0:
+            with self.toggled_optimizer(opt_g):
+                loss_g = self.loss.g_loss(self.discriminator(fake, y))
+                opt_g.zero_grad(set_to_none=True)
+                self.manual_backward(loss_g)
+                opt_g.step()
+            self._update_ema()
+            logs["train/loss_g"] = loss_g.detach()
 
-        self.log_dict(
-            {
-                "train/loss_d": loss_d.detach(),
-                "train/loss_g": loss_g.detach(),
-                "train/D(x)": discriminator_probability(real_logits),
-                "train/D(G(z))": discriminator_probability(fake_logits),
-            },
-            prog_bar=True,
-        )
+        self.log_dict(logs, prog_bar=True)
+        self._log_scores("train", real_out, fake_out, prog_bar=True)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.generator_ema is None:
+            return
+        for ema, param in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            ema.lerp_(param, 1.0 - self.hparams.ema_decay)
+        for ema, buf in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            ema.copy_(buf)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """D on held-out real data vs fresh fakes; returns both so metric callbacks can compare them."""
-        real = batch["image"]
-        fake = self.generator(self.sample_z(real.shape[0]))
-        self.log_dict(
-            {
-                "val/D(x)": discriminator_probability(self.discriminator(real)),
-                "val/D(G(z))": discriminator_probability(self.discriminator(fake)),
-            }
-        )
+        """D on held-out real data vs fresh samples; returns both so metric callbacks can compare them."""
+        keep = batch["image"].shape[0] - batch["image"].shape[0] % self.pack  # PacGAN's D needs whole packs
+        real, y = batch["image"][:keep], self._labels(batch)
+        y = None if y is None else y[:keep]
+        fake = self.generate(self.sample_z(keep), y)
+        self._log_scores("val", self.discriminator(real, y), self.discriminator(fake, y))
         return {"real": real, "fake": fake}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
