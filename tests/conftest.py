@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_module
 
 GANLAB = str(Path(sys.executable).parent / "ganlab")
 TESTS_DIR = Path(__file__).parent
@@ -20,6 +21,25 @@ TINY = [
     "model.generator.hidden=[16]",
     "model.discriminator.hidden=[16]",
 ]
+
+
+def compose_experiment(experiment: str):
+    with initialize_config_module(config_module="ganlab.configs", version_base="1.3"):
+        return compose(config_name="train", overrides=[f"+experiment={experiment}"])
+
+
+def tiny_overrides(experiment: str) -> list[str]:
+    """`+debug=fast` plus the smallest widths each of the experiment's networks accepts."""
+    model = compose_experiment(experiment).model
+    overrides = ["+debug=fast"]
+    for key in ("generator", "discriminator", "net"):
+        node = model.get(key)
+        if node is None:
+            continue
+        for width_key, tiny in (("hidden", "[16]"), ("base_width", "8"), ("widths", "[8,8]")):
+            if width_key in node:
+                overrides.append(f"model.{key}.{width_key}={tiny}")
+    return overrides
 
 
 @pytest.fixture(scope="session")

@@ -113,3 +113,17 @@ def test_gaussian_batches_are_seeded_and_validation_is_held_out():
     resumed = GaussianDataModule(batch_size=512, batches_per_epoch=3, seed=7)
     resumed.load_state_dict(dm.state_dict())
     assert resumed.train_batches.epoch == 2
+
+
+def test_train_range_gives_disjoint_slices(tmp_path):
+    _write_mnist(tmp_path, n_train=10)
+    first = MNISTDataModule(root=str(tmp_path), train_range=(0.0, 0.5))
+    second = MNISTDataModule(root=str(tmp_path), train_range=(0.5, 1.0))
+    first.setup()
+    second.setup()
+    a, b = first.datasets["train"].images, second.datasets["train"].images
+    assert len(a) == len(b) == 5
+    assert not any(torch.equal(x, y) for x in a for y in b)
+    assert len(first.datasets["val"]) == len(second.datasets["val"]) == 5  # held-out split untouched
+    with pytest.raises(GanlabError, match="train_range"):
+        MNISTDataModule(root=str(tmp_path), train_range=(0.5, 0.5))

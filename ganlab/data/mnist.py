@@ -131,8 +131,16 @@ class MNISTDataModule(pl.LightningDataModule):
         channels: int = 1,
         num_classes: int = 10,
         pin_memory: bool = False,
+        train_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__()
+        start, stop = train_range
+        if not 0.0 <= start < stop <= 1.0:
+            raise GanlabError(f"data.train_range={list(train_range)}: expected [start, stop) fractions with "
+                              "0 <= start < stop <= 1")
+        # A contiguous slice of the training split, so e.g. a judge classifier and a GAN can be trained on
+        # disjoint digits ([0, 0.5] and [0.5, 1]); validation always uses the whole held-out split.
+        self.train_range = (float(start), float(stop))
         if channels != 1 or num_classes != 10:
             raise GanlabError(f"MNIST has 1 channel and 10 classes; got data.channels={channels}, "
                               f"data.num_classes={num_classes}")
@@ -156,6 +164,10 @@ class MNISTDataModule(pl.LightningDataModule):
         for split in SPLITS:
             if split not in self.datasets:
                 images, labels = load_split(root, split)
+                if split == "train":
+                    n = images.shape[0]
+                    rows = slice(round(self.train_range[0] * n), round(self.train_range[1] * n))
+                    images, labels = images[rows], labels[rows]
                 self.datasets[split] = ImageDataset(resize_uint8(images, self.image_size), labels)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
