@@ -45,10 +45,14 @@ def test_experiment_instantiates_and_shapes_fit(experiment, tmp_path):
     assert trainer.max_steps == cfg.trainer.max_steps
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
-    fake = model.generator(model.sample_z(batch["image"].shape[0]))
-    assert fake.shape == batch["image"].shape
-    assert model.discriminator(batch["image"]).shape == (batch["image"].shape[0],)
-    assert torch.isfinite(fake).all()
+    if not hasattr(model, "generator"):  # a classifier
+        assert model(batch["image"]).shape == (batch["image"].shape[0], cfg.data.num_classes)
+        return
+    n = batch["image"].shape[0]
+    y = batch["label"] if model.num_classes else None
+    fake = model.generator(model.sample_z(n), y)
+    assert fake.shape == batch["image"].shape and torch.isfinite(fake).all()
+    assert model.discriminator(batch["image"], y).shape == (n // model.pack,)
 
 
 def test_sample_config_composes(tmp_path):

@@ -1,4 +1,10 @@
-"""Fully connected generator and discriminator (the lecture's MNIST slide, any sizes)."""
+"""Fully connected generator and discriminator (the lecture's MNIST slide, any sizes), optionally conditional.
+
+The unconditional defaults build exactly the lecture's networks and keep their state-dict keys
+(``net.<i>.weight``/``net.<i>.bias``); conditioning adds ``label.embed.weight`` (concat) or
+``projection.embed.weight`` (projection discriminator), and the discriminator options are described in
+``ganlab.nets.layers``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,14 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ganlab.nets.layers import Discriminator, Generator, MinibatchStdDev, add_spectral_norm, check_positive
 
-class MLPGenerator(nn.Module):
-    """z -> hidden... -> prod(out_shape), reshaped. Lecture: z(10) -> 256 -> 512 -> 1024 -> 784."""
+
+class MLPGenerator(Generator):
+    """[z, embed(y)] -> hidden... -> prod(out_shape), reshaped. Lecture: z(10) -> 256 -> 512 -> 1024 -> 784.
+
+    ``out_activation`` is applied last (``nn.Tanh()`` for images in [-1, 1]; None means none).
+    """
 
     def __init__(
         self,
@@ -20,15 +31,13 @@ class MLPGenerator(nn.Module):
         out_activation: nn.Module | None = None,
         batchnorm: bool = True,
         negative_slope: float = 0.2,
+        num_classes: int = 0,
+        embed_dim: int | None = None,
     ) -> None:
-        super().__init__()
-        if latent_dim < 1 or any(h < 1 for h in hidden) or any(s < 1 for s in out_shape):
-            raise ValueError(f"MLPGenerator: sizes must be positive, got latent_dim={latent_dim}, "
-                             f"hidden={list(hidden)}, out_shape={list(out_shape)}")
-        self.latent_dim = latent_dim
-        self.out_shape = tuple(int(s) for s in out_shape)
+        super().__init__(latent_dim, out_shape, num_classes, embed_dim)
+        check_positive(type(self).__name__, hidden=list(hidden))
         layers: list[nn.Module] = []
-        width = latent_dim
+        width = self.input_dim
         for h in hidden:
             layers.append(nn.Linear(width, h))
             if batchnorm:
@@ -39,29 +48,55 @@ class MLPGenerator(nn.Module):
         layers.append(out_activation if out_activation is not None else nn.Identity())
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z).view(z.shape[0], *self.out_shape)
+    def decode(self, h: Tensor) -> Tensor:
+        return self.net(h)
 
 
-class MLPDiscriminator(nn.Module):
-    """x -> hidden... -> one logit (D(x) = sigmoid(logit)). Lecture: 784 -> 1024 -> 512 -> 256 -> 1."""
+class MLPDiscriminator(Discriminator):
+    """x -> hidden... -> one logit (D(x) = sigmoid(logit)). Lecture: 784 -> 1024 -> 512 -> 256 -> 1.
 
-    def __init__(self, in_shape: Sequence[int], hidden: Sequence[int], negative_slope: float = 0.2) -> None:
-        super().__init__()
-        if any(h < 1 for h in hidden) or any(s < 1 for s in in_shape):
-            raise ValueError(f"MLPDiscriminator: sizes must be positive, got in_shape={list(in_shape)}, "
-                             f"hidden={list(hidden)}")
-        self.in_shape = tuple(int(s) for s in in_shape)
+    ``self.net`` is the whole stack; its last Linear is the head and everything before it is phi(x), so the
+    unconditional default keeps the lecture network's layout. With ``minibatch_std`` the statistic is
+    appended as one extra feature right before the head; with ``pack`` the flattened samples of a pack are
+    concatenated (first layer ``pack * prod(in_shape)`` wide); with ``conditioning="concat"`` the label
+    embedding is concatenated to the flattened input. See ``ganlab.nets.layers.Discriminator``.
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        hidden: Sequence[int],
+        negative_slope: float = 0.2,
+        num_classes: int = 0,
+        embed_dim: int | None = None,
+        conditioning: str = "projection",
+        spectral_norm: bool = False,
+        minibatch_std: bool = False,
+        minibatch_std_group_size: int = 4,
+        pack: int = 1,
+    ) -> None:
+        super().__init__(in_shape, num_classes, conditioning, pack, embed_dim)
+        check_positive(type(self).__name__, hidden=list(hidden))
         layers: list[nn.Module] = []
-        width = math.prod(self.in_shape)
+        width = pack * math.prod(self.in_shape) + self.label_dim
         for h in hidden:
             layers += [nn.Linear(width, h), nn.LeakyReLU(negative_slope)]
             width = h
+        if minibatch_std:
+            layers.append(MinibatchStdDev(minibatch_std_group_size))
+            width += 1
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
+        self.conditioning_setup(width)
+        if spectral_norm:
+            add_spectral_norm(self)
 
-    def forward(self, x: Tensor) -> Tensor:
-        if tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(f"MLPDiscriminator expects inputs of shape (N, {', '.join(map(str, self.in_shape))}), "
-                             f"got {tuple(x.shape)}")
-        return self.net(torch.flatten(x, 1)).squeeze(1)
+    @property
+    def head(self) -> nn.Module:  # type: ignore[override]
+        return self.net[-1]
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return torch.flatten(x, 1)
+
+    def features(self, h: Tensor) -> Tensor:
+        return self.net[:-1](h)
