@@ -25,7 +25,9 @@ from ganlab.runs import CHECKPOINT_DIR, CONFIG_FILE, load_checkpoint, resolve_ru
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
-    return [instantiate(node) for node in (group or {}).values() if node]
+    """Instantiate each entry of a group like `callbacks`; entries switched off (null, or null and then
+    partly re-filled by a later override such as +debug=fast) have no `_target_` and are skipped."""
+    return [instantiate(node) for node in (group or {}).values() if node and "_target_" in node]
 
 
 def _check_fits(model: pl.LightningModule, ckpt: dict[str, Any], path: Path) -> None:
