@@ -59,3 +59,16 @@ def test_sample_config_composes(tmp_path):
     with initialize_config_module(config_module="ganlab.configs", version_base="1.3"):
         cfg = compose(config_name="sample", overrides=["run=latest:gan_mnist", "n=16"])
     assert cfg.task_name == "sample" and cfg.n == 16 and cfg.run == "latest:gan_mnist"
+
+
+@pytest.mark.parametrize("model", ["gan", "dcgan", "cgan"])
+def test_readme_tricks_are_config_keys(model, tmp_path):
+    """Every trick the README lists is settable with a plain override (no `+`) and builds."""
+    tricks = ["model.loss=hinge", "model.n_critic=2", "model.ema_decay=0.9", "model.r1_gamma=1.0",
+              "model.lr_g=1e-4", "model.lr_d=4e-4", "model.discriminator.spectral_norm=true",
+              "model.discriminator.minibatch_std=true"]
+    tricks += ["model.label_smoothing=0.1", "model.loss=lsgan"] if model == "cgan" else ["model.discriminator.pack=2"]
+    cfg = _compose([f"model={model}", *tricks], tmp_path)
+    gan = instantiate(cfg.model)
+    assert gan.hparams.n_critic == 2 and gan.generator_ema is not None
+    assert gan.pack == (1 if model == "cgan" else 2)
