@@ -36,9 +36,12 @@ def tiny_overrides(experiment: str) -> list[str]:
         node = model.get(key)
         if node is None:
             continue
-        for width_key, tiny in (("hidden", "[16]"), ("base_width", "8"), ("widths", "[8,8]")):
-            if width_key in node:
-                overrides.append(f"model.{key}.{width_key}={tiny}")
+        if "hidden" in node:
+            overrides.append(f"model.{key}.hidden=[16]")
+        if "base_width" in node:
+            overrides.append(f"model.{key}.base_width=8")
+        if "widths" in node:  # keep the depth (it must match e.g. `strides`), shrink every width
+            overrides.append(f"model.{key}.widths=[{','.join(['8'] * len(node.widths))}]")
     return overrides
 
 

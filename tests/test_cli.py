@@ -8,7 +8,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchvision.io import decode_png, read_file
 
-from conftest import EXPERIMENTS, TINY, manifest, run_dirs, run_ganlab
+from conftest import EXPERIMENTS, TINY, manifest, run_dirs, run_ganlab, tiny_overrides
 
 
 def _tensorboard_tags(run_dir: Path) -> dict[str, list[str]]:
@@ -23,7 +23,8 @@ def test_experiments_are_found():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_train_then_sample(experiment, tmp_path, data_dir):
-    run_ganlab("train", f"+experiment={experiment}", *TINY, f"paths.data_dir={data_dir}", cwd=tmp_path)
+    run_ganlab("train", f"+experiment={experiment}", *tiny_overrides(experiment), f"paths.data_dir={data_dir}",
+               cwd=tmp_path)
     (run_dir,) = run_dirs(tmp_path, experiment)
     info = manifest(run_dir)
     assert info["status"] == "completed" and info["global_step"] == 8
@@ -31,32 +32,54 @@ def test_train_then_sample(experiment, tmp_path, data_dir):
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert "${" not in (run_dir / "config.yaml").read_text() and resolved["paths"]["output_dir"] == str(run_dir)
     assert any(k.startswith("val/") for k in info["metrics"])  # final held-out validation ran
-
     tags = _tensorboard_tags(run_dir)
-    assert {"train/loss_d", "train/loss_g", "train/D(x)", "train/D(G(z))"} <= set(tags["scalars"])
 
+    if "generator" not in resolved["model"]:  # a classifier: accuracy logged, nothing to sample
+        assert {"train/loss", "train/acc", "val/acc"} <= set(tags["scalars"])
+        assert 0 <= info["metrics"]["val/acc"] <= 1
+        proc = run_ganlab("sample", "run=latest", cwd=tmp_path, check=False)
+        assert proc.returncode != 0 and "not a GAN run" in proc.stderr and "Traceback" not in proc.stderr
+        return
+
+    assert {"train/loss_d", "train/loss_g"} <= set(tags["scalars"])
+    assert {"train/D(x)", "train/D(G(z))"} <= set(tags["scalars"]) or "train/D_score(x)" in tags["scalars"]
+    conditional = resolved["model"]["generator"].get("num_classes", 0) > 0
     proc = run_ganlab("sample", "run=latest", "n=6", cwd=tmp_path)
     (out,) = (run_dir / "samples").iterdir()
     assert str(out) in proc.stdout
-    samples = torch.load(out / "samples.pt", weights_only=True)["samples"]
+    saved = torch.load(out / "samples.pt", weights_only=True)
+    samples = saved["samples"]
     shape = tuple(resolved["model"]["generator"]["out_shape"])
+    if conditional:  # one row of n per class, labels saved alongside
+        classes = resolved["model"]["generator"]["num_classes"]
+        assert samples.shape == (classes * 6, *shape)
+        assert saved["labels"].tolist() == [c for c in range(classes) for _ in range(6)]
+        samples = samples[:6]
     assert samples.shape == (6, *shape) and torch.isfinite(samples).all()
     if len(shape) == 3:
         assert "samples/fixed_noise" in tags["images"]
         assert samples.min() >= -1 and samples.max() <= 1
         grid = decode_png(read_file(str(out / "grid.png")))
         assert grid.shape[0] == 1 and grid.shape[1] > shape[1] and grid.shape[2] >= 3 * shape[2]
-        run_ganlab("sample", f"run={run_dir}", "interpolate=true", "steps=5", "rows=2", cwd=tmp_path)
+        fixed_label = ["labels=[3,7]"] if conditional else []
+        run_ganlab("sample", f"run={run_dir}", "interpolate=true", "steps=5", "rows=2", *fixed_label, cwd=tmp_path)
         strip = max((run_dir / "samples").iterdir(), key=lambda p: p.name)
-        assert torch.load(strip / "interpolation.pt", weights_only=True)["samples"].shape == (2, 5, *shape)
+        interpolation = torch.load(strip / "interpolation.pt", weights_only=True)
+        assert interpolation["samples"].shape == (2, 5, *shape)
+        if conditional:
+            assert interpolation["labels"].tolist() == [[3] * 5, [7] * 5]
         assert (strip / "interpolation.png").is_file()
-    else:
+    elif shape == (1,):
         assert "samples/density" in tags["images"] and "samples/generated" in tags["histograms"]
         assert (out / "histogram.png").is_file()
         run_ganlab("sample", f"run={run_dir}", "interpolate=true", "steps=5", "rows=2", cwd=tmp_path)
         strip = max((run_dir / "samples").iterdir(), key=lambda p: p.name)
         assert torch.load(strip / "interpolation.pt", weights_only=True)["samples"].shape == (2, 5, 1)
         assert decode_png(read_file(str(strip / "interpolation.png"))).shape[0] in (3, 4)
+    else:  # 2-D mixtures: a scatter over the mode centres, and PacGAN's mode count
+        assert shape == (2,) and "samples/scatter" in tags["images"]
+        assert 0 <= info["metrics"]["val/modes_captured"] <= 25 and 0 <= info["metrics"]["val/high_quality"] <= 1
+        assert decode_png(read_file(str(out / "scatter.png"))).shape[0] in (3, 4)
 
 
 def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path):

@@ -1,4 +1,4 @@
-"""TensorBoard pictures of G during training: a grid from the fixed noise batch, or a 1-D density plot."""
+"""TensorBoard pictures of G during training: a grid from the fixed noise batch, a 1-D density or a 2-D scatter."""
 
 from __future__ import annotations
 
@@ -8,21 +8,35 @@ import matplotlib.pyplot as plt
 import pytorch_lightning as pl
 import torch
 
-from ganlab.plots import density_figure, image_grid
+from ganlab.plots import density_figure, image_grid, scatter_figure
 
 
 def _tensorboards(trainer: pl.Trainer) -> list[Any]:
     return [lg.experiment for lg in trainer.loggers if hasattr(lg.experiment, "add_image")]
 
 
+def _fixed_seed_samples(pl_module: pl.LightningModule, n: int) -> torch.Tensor:
+    """n samples of G from latents seeded with 0: the same points at every step, so frames compare."""
+    rng = torch.Generator(device=pl_module.fixed_z.device).manual_seed(0)
+    return pl_module.generate(pl_module.sample_z(n, generator=rng))
+
+
+def _add_figure(boards: list[Any], tag: str, fig: plt.Figure, step: int) -> None:
+    for board in boards:
+        board.add_figure(tag, fig, step, close=False)
+    plt.close(fig)
+
+
 class GeneratedSamplesLogger(pl.Callback):
     """Every `every_n_steps` optimizer steps (and at the start), log what G makes of `pl_module.fixed_z`."""
 
-    def __init__(self, every_n_steps: int = 500, num_density_samples: int = 4096) -> None:
+    def __init__(self, every_n_steps: int = 500, num_density_samples: int = 4096,
+                 num_scatter_samples: int = 2500) -> None:
         if every_n_steps < 1:
             raise ValueError(f"callbacks.samples.every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.num_density_samples = num_density_samples
+        self.num_scatter_samples = num_scatter_samples
         self._last_bucket = -1
 
     def _maybe_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, real: torch.Tensor | None) -> None:
@@ -35,17 +49,18 @@ class GeneratedSamplesLogger(pl.Callback):
             return
         step = trainer.global_step
         if len(pl_module.sample_shape) == 3:
-            grid = image_grid(pl_module.generate(pl_module.fixed_z))
+            grid = image_grid(pl_module.fixed_samples(), nrow=pl_module.num_classes or None)
             for board in boards:
                 board.add_image("samples/fixed_noise", grid, step)
-        elif len(pl_module.sample_shape) == 1 and pl_module.sample_shape[0] == 1:
-            rng = torch.Generator(device=pl_module.fixed_z.device).manual_seed(0)
-            fake = pl_module.generate(pl_module.sample_z(self.num_density_samples, generator=rng))
+        elif tuple(pl_module.sample_shape) == (1,):
+            fake = _fixed_seed_samples(pl_module, self.num_density_samples)
             for board in boards:
                 board.add_histogram("samples/generated", fake.flatten(), step)
-                fig = density_figure(fake, real, title=f"step {step}")
-                board.add_figure("samples/density", fig, step, close=True)
-                plt.close(fig)
+            _add_figure(boards, "samples/density", density_figure(fake, real, title=f"step {step}"), step)
+        elif tuple(pl_module.sample_shape) == (2,):
+            fake = _fixed_seed_samples(pl_module, self.num_scatter_samples)
+            centers = getattr(trainer.datamodule, "centers", None)
+            _add_figure(boards, "samples/scatter", scatter_figure(fake, centers, title=f"step {step}"), step)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._maybe_log(trainer, pl_module, None)

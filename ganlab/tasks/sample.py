@@ -1,12 +1,14 @@
 """`ganlab sample`: draw from a trained generator into <run>/samples/<timestamp>/.
 
 Writes the raw tensor (`samples.pt`, values in [-1, 1] for images) and a picture: an image grid, a 1-D
-histogram, or a latent interpolation strip with `interpolate=true`.
+histogram, a 2-D scatter over the target's mode centres, or a latent interpolation strip with
+`interpolate=true`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -14,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from ganlab.errors import GanlabError
-from ganlab.plots import density_figure, interpolation_figure, save_figure, save_grid_png
+from ganlab.metrics.modes import mode_coverage
+from ganlab.plots import density_figure, interpolation_figure, save_figure, save_grid_png, scatter_figure
 from ganlab.runs import load_model, new_output_dir, resolve_run, write_yaml_atomic
 
 
@@ -41,12 +44,37 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _held_out_target(run_cfg: DictConfig) -> Tensor | None:
-    """The run's held-out 1-D target samples, to draw under the generated histogram (None for images)."""
+def _run_data(run_cfg: DictConfig) -> Any | None:
+    """The run's rebuilt datamodule, whose target facts (held-out `val_set`, mode `centers` and `std`) are
+    drawn under G's samples; None when the data cannot be rebuilt here (e.g. the run's data files are gone)."""
     try:
-        return getattr(instantiate(run_cfg.data), "val_set", None)
+        return instantiate(run_cfg.data)
     except Exception:
         return None
+
+
+def _scatter_title(x: Tensor, data: Any | None) -> str:
+    """The scatter's title: the sample count, plus PacGAN's mode count when the run's mixture is known."""
+    centers, std = getattr(data, "centers", None), getattr(data, "std", None)
+    if centers is None or std is None:
+        return f"{len(x)} samples"
+    coverage = mode_coverage(x, centers, std)
+    return (f"{len(x)} samples: {coverage.modes_captured}/{len(centers)} modes, "
+            f"{100 * coverage.high_quality:.1f}% high quality")
+
+
+def _labels(cfg: DictConfig, model: Any) -> Tensor | None:
+    """Class labels for a conditional run (`labels=` or every class); None for an unconditional one."""
+    classes = getattr(model, "num_classes", 0)
+    if not classes:
+        if cfg.labels is not None:
+            raise GanlabError(f"labels={cfg.labels}: this run's GAN is unconditional; drop labels=")
+        return None
+    wanted = list(range(classes)) if cfg.labels is None else (
+        [cfg.labels] if isinstance(cfg.labels, int) else list(cfg.labels))
+    if not wanted or any(not isinstance(c, int) or not 0 <= c < classes for c in wanted):
+        raise GanlabError(f"labels={cfg.labels}: expected class indices in 0..{classes - 1}")
+    return torch.tensor(wanted)
 
 
 def sample(cfg: DictConfig) -> Path:
@@ -55,38 +83,57 @@ def sample(cfg: DictConfig) -> Path:
     ref = resolve_run(cfg.run, cfg.paths.log_dir)
     device = _device(cfg.device)
     model, run_cfg = load_model(ref, device)
+    if not hasattr(model, "generate"):
+        raise GanlabError(f"{ref.run_dir}: not a GAN run (its model is {run_cfg.model.get('_target_')}); "
+                          "ganlab sample needs a run with a generator")
+    labels = _labels(cfg, model)
     out_dir = new_output_dir(Path(cfg.output) if cfg.output else ref.run_dir / "samples")
     rng = torch.Generator(device=device).manual_seed(int(cfg.seed))
     shape = tuple(model.sample_shape)
 
     if cfg.interpolate:
-        z0, z1 = model.sample_z(cfg.rows, generator=rng), model.sample_z(cfg.rows, generator=rng)
-        z = slerp(z0, z1, cfg.steps).reshape(cfg.rows * cfg.steps, -1)
-        x = model.generate(z).cpu()
-        torch.save({"z": z.cpu(), "samples": x.view(cfg.rows, cfg.steps, *shape)}, out_dir / "interpolation.pt")
+        # Conditional runs: one strip per label, the label held fixed along it.
+        rows = cfg.rows if labels is None else len(labels)
+        z0, z1 = model.sample_z(rows, generator=rng), model.sample_z(rows, generator=rng)
+        z = slerp(z0, z1, cfg.steps).reshape(rows * cfg.steps, -1)
+        y = None if labels is None else labels.repeat_interleave(cfg.steps)
+        x = model.generate(z, y).cpu()
+        saved = {"z": z.cpu(), "samples": x.view(rows, cfg.steps, *shape)}
+        if y is not None:
+            saved["labels"] = y.view(rows, cfg.steps)
+        torch.save(saved, out_dir / "interpolation.pt")
         picture = "interpolation.png"
         if len(shape) == 3:
             save_grid_png(x, out_dir / picture, nrow=cfg.steps)
         elif shape == (1,):
-            save_figure(interpolation_figure(x.view(cfg.rows, cfg.steps)), out_dir / picture)
+            save_figure(interpolation_figure(x.view(rows, cfg.steps)), out_dir / picture)
         else:
             picture = None
     else:
-        z = model.sample_z(cfg.n, generator=rng)
-        x = model.generate(z).cpu()
-        torch.save({"z": z.cpu(), "samples": x}, out_dir / "samples.pt")
+        # Conditional runs: n samples per label, one grid row per label.
+        y = None if labels is None else labels.repeat_interleave(cfg.n)
+        z = model.sample_z(cfg.n if y is None else len(y), generator=rng)
+        x = model.generate(z, y).cpu()
+        torch.save({"z": z.cpu(), "samples": x} | ({} if y is None else {"labels": y}), out_dir / "samples.pt")
         if len(shape) == 3:
             picture = "grid.png"
-            save_grid_png(x, out_dir / picture, nrow=cfg.nrow)
+            save_grid_png(x, out_dir / picture, nrow=cfg.nrow if y is None else cfg.n)
         elif shape == (1,):
             picture = "histogram.png"
             title = f"generated mean {x.mean():.3f}, std {x.std():.3f} (n={cfg.n})"
-            save_figure(density_figure(x, _held_out_target(run_cfg), title=title), out_dir / picture)
+            target = getattr(_run_data(run_cfg), "val_set", None)
+            save_figure(density_figure(x, target, title=title), out_dir / picture)
+        elif shape == (2,):
+            picture = "scatter.png"
+            data = _run_data(run_cfg)
+            figure = scatter_figure(x, getattr(data, "centers", None), title=_scatter_title(x, data))
+            save_figure(figure, out_dir / picture)
         else:
             picture = None
     write_yaml_atomic(out_dir / "sample.yaml", OmegaConf.create({
         "run": str(ref.run_dir), "checkpoint": str(ref.checkpoint), "n": cfg.n, "seed": cfg.seed,
         "interpolate": cfg.interpolate, "picture": picture,
+        "labels": None if labels is None else labels.tolist(),
     }))
     print(f"ganlab sample: wrote {out_dir}" + (f" ({picture})" if picture else ""))
     return out_dir

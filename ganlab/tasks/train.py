@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from ganlab import __version__
 from ganlab.errors import GanlabError
 from ganlab.runs import CHECKPOINT_DIR, CONFIG_FILE, load_checkpoint, resolve_run, update_manifest, write_yaml_atomic
+
+
+# Lightning warns that periodic checkpoints under manual optimization hold the state after the step. For
+# a GAN that is the point to resume from: checkpoints are taken at batch end, after both D and G stepped.
+warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:

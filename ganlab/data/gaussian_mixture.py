@@ -1,0 +1,121 @@
+"""Uniform mixtures of 2-D gaussians: the mode-collapse toys of Unrolled GAN, VEEGAN and PacGAN.
+
+`ring8` puts 8 modes on a circle of radius 2 (std 0.02), `grid25` a 5 x 5 grid at -4, -2, 0, 2, 4 (std
+0.05). Modes are tiny and far apart, so a generator that drops some is easy to see and to count
+(`ganlab.metrics.modes`). The centre layout is a config object (`centers: {_target_: ...ring_centers}`),
+so a new layout is a new function, not a new branch here.
+
+As in `ganlab.data.gaussian`, training batches are drawn on the fly from a seeded generator that
+advances every epoch (and resumes where it stopped); the validation set is a fixed draw from an
+independent seed. Labels are the index of the mode each point was drawn from.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Iterator, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+# As in ganlab.data.gaussian: the dataset yields whole batches in the main process, so its length is exact.
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
+
+
+def ring_centers(num_modes: int = 8, radius: float = 2.0) -> Tensor:
+    """(num_modes, 2) points equally spaced on a circle, the first at angle 0: r (cos 2πk/K, sin 2πk/K)."""
+    if num_modes < 1 or radius <= 0:
+        raise ValueError(f"ring_centers: need num_modes >= 1 and radius > 0, got {num_modes}, {radius}")
+    angles = 2 * math.pi * torch.arange(num_modes, dtype=torch.float64) / num_modes
+    return (radius * torch.stack([angles.cos(), angles.sin()], dim=1)).float()
+
+
+def grid_centers(size: int = 5, spacing: float = 2.0) -> Tensor:
+    """(size^2, 2) points of a square grid centred on the origin; size=5, spacing=2 gives -4, -2, 0, 2, 4.
+
+    Row-major: index i * size + j is the point (coords[i], coords[j]).
+    """
+    if size < 1 or spacing <= 0:
+        raise ValueError(f"grid_centers: need size >= 1 and spacing > 0, got {size}, {spacing}")
+    coords = (torch.arange(size, dtype=torch.float64) - (size - 1) / 2) * spacing
+    xs, ys = torch.meshgrid(coords, coords, indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], dim=1).float()
+
+
+def sample_mixture(centers: Tensor, std: float, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """n points of the uniform mixture: a mode index drawn uniformly, then centre + std * N(0, I)."""
+    labels = torch.randint(len(centers), (n,), generator=generator)
+    points = centers[labels] + std * torch.randn(n, centers.shape[1], generator=generator)
+    return points, labels
+
+
+class MixtureBatches(IterableDataset):
+    """`num_batches` batches of `batch_size` mixture samples; a new draw each epoch."""
+
+    def __init__(self, centers: Tensor, std: float, batch_size: int, num_batches: int, seed: int) -> None:
+        super().__init__()
+        self.centers, self.std = centers, std
+        self.batch_size, self.num_batches, self.seed = batch_size, num_batches, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        rng = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        for _ in range(self.num_batches):
+            x, labels = sample_mixture(self.centers, self.std, self.batch_size, rng)
+            yield {"image": x, "label": labels}
+
+
+class GaussianMixtureDataModule(pl.LightningDataModule):
+    """Batches {"image": (B, 2) float32, "label": (B,) mode index} from a uniform 2-D gaussian mixture.
+
+    `centers` ((K, 2) tensor) and `std` stay public: the mode metrics and the scatter plots read them.
+    """
+
+    def __init__(
+        self,
+        centers: Tensor | Sequence[Sequence[float]],
+        std: float,
+        dim: int = 2,
+        batch_size: int = 256,
+        batches_per_epoch: int = 100,
+        val_samples: int = 2500,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dim != 2:
+            raise ValueError(f"gaussian mixture data is 2-D: data.dim must be 2, got {dim}")
+        centers = torch.as_tensor(centers, dtype=torch.float32)
+        if centers.ndim != 2 or centers.shape[1] != 2 or len(centers) < 1:
+            raise ValueError(f"gaussian mixture data: centers must have shape (K, 2), got {tuple(centers.shape)}")
+        if std <= 0 or batch_size < 1 or batches_per_epoch < 1 or val_samples < 1:
+            raise ValueError(f"gaussian mixture data: need std > 0 and positive sizes, got std={std}, "
+                             f"batch_size={batch_size}, batches_per_epoch={batches_per_epoch}, "
+                             f"val_samples={val_samples}")
+        # The centres are a tensor built from config; keep them out of hparams (and checkpoints).
+        self.save_hyperparameters(ignore=["centers"])
+        self.centers, self.std = centers, float(std)
+        self.train_batches = MixtureBatches(centers, self.std, batch_size, batches_per_epoch, seed)
+        self.val_set, self.val_labels = sample_mixture(centers, self.std, val_samples,
+                                                       torch.Generator().manual_seed(seed + 999_983))
+
+    def state_dict(self) -> dict[str, int]:
+        # Saved in Lightning checkpoints so a resumed run continues the sequence of draws.
+        return {"epoch": self.train_batches.epoch}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.train_batches.epoch = int(state_dict["epoch"])
+
+    def train_dataloader(self) -> DataLoader:
+        # The dataset yields whole batches; batch_size=None stops the loader from batching again.
+        return DataLoader(self.train_batches, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        data = [{"image": x, "label": y} for x, y in zip(self.val_set, self.val_labels)]
+        return DataLoader(data, batch_size=self.hparams.batch_size * 4)
