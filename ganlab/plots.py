@@ -55,18 +55,19 @@ def density_figure(generated: Tensor, target: Tensor | None = None, title: str =
 
 def scatter_figure(generated: Tensor, centers: Tensor | None = None, title: str = "") -> plt.Figure:
     """(N, 2) generated points over the target's mode centres: dropped modes show as bare crosses."""
-    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(5, 5.4), dpi=100)
     g = generated.detach().float().cpu().reshape(-1, 2).numpy()
     ax.scatter(g[:, 0], g[:, 1], s=3, alpha=0.4, color="tab:orange", linewidths=0, label="generated")
     if centers is not None:
         c = centers.detach().float().cpu().numpy()
         ax.scatter(c[:, 0], c[:, 1], s=40, marker="x", color="tab:blue", label="mode centres")
-        ax.legend(loc="upper right", fontsize="small")
+        # Below the axes, so it never hides a mode.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False, markerscale=2)
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("x1")
     ax.set_ylabel("x2")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize="medium")
     fig.tight_layout()
     return fig
 

@@ -53,7 +53,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_ganlab(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None,
                timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), **(env or {})}
+    # One intra-op thread: the tests' networks are tiny, and two threads on a busy 2-core machine mostly wait
+    # on each other (benchmarks/classifier_mnist.md measured 4-8x slower runs).
+    full_env = {**os.environ, "PYTHONPATH": str(TESTS_DIR), "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run([GANLAB, *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout)
     if check and proc.returncode != 0:
