@@ -31,15 +31,16 @@ from pathlib import Path
 import yaml
 
 # (setup, label, overrides): setup picks `+experiment=gan_<setup>`; overrides are Hydra overrides.
+# Uncomment rows to compare (each row costs ~1.5 min per seed); PacGAN2 packs 2 samples per D input.
 COMBOS: list[tuple[str, str, list[str]]] = [
     ("ring8", "GAN (non-saturating)", []),
     ("grid25", "GAN (non-saturating)", []),
     # ("ring8", "hinge", ["model.loss=hinge"]),
     # ("ring8", "LSGAN", ["model.loss=lsgan"]),
-    # ("ring8", "PacGAN2", ["+model.pack=2"]),
+    # ("ring8", "PacGAN2", ["model.discriminator.pack=2"]),
     # ("grid25", "hinge", ["model.loss=hinge"]),
     # ("grid25", "LSGAN", ["model.loss=lsgan"]),
-    # ("grid25", "PacGAN2", ["+model.pack=2"]),
+    # ("grid25", "PacGAN2", ["model.discriminator.pack=2"]),
 ]
 
 GANLAB = shutil.which("ganlab") or str(Path(sys.executable).parent / "ganlab")
