@@ -9,9 +9,10 @@ from __future__ import annotations
 import warnings
 from typing import Iterator
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
+
+from ganlab.data.on_the_fly import OnTheFlyDataModule
 
 
 # Lightning warns that an IterableDataset's __len__ may be wrong with several workers; ours yields whole
@@ -39,7 +40,7 @@ class GaussianBatches(IterableDataset):
             yield {"image": x, "label": torch.zeros(self.batch_size, dtype=torch.long)}
 
 
-class GaussianDataModule(pl.LightningDataModule):
+class GaussianDataModule(OnTheFlyDataModule):
     def __init__(
         self,
         mean: float = 4.0,
@@ -59,18 +60,4 @@ class GaussianDataModule(pl.LightningDataModule):
         self.train_batches = GaussianBatches(mean, std, dim, batch_size, batches_per_epoch, seed)
         held_out = torch.Generator().manual_seed(seed + 999_983)
         self.val_set = mean + std * torch.randn(val_samples, dim, generator=held_out)
-
-    def state_dict(self) -> dict[str, int]:
-        # Saved in Lightning checkpoints so a resumed run continues the sequence of draws.
-        return {"epoch": self.train_batches.epoch}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.train_batches.epoch = int(state_dict["epoch"])
-
-    def train_dataloader(self) -> DataLoader:
-        # The dataset yields whole batches; batch_size=None stops the loader from batching again.
-        return DataLoader(self.train_batches, batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        data = [{"image": x, "label": torch.zeros((), dtype=torch.long)} for x in self.val_set]
-        return DataLoader(data, batch_size=self.hparams.batch_size * 4)
+        self.val_labels = torch.zeros(val_samples, dtype=torch.long)

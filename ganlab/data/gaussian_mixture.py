@@ -16,10 +16,11 @@ import math
 import warnings
 from typing import Iterator, Sequence
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
+
+from ganlab.data.on_the_fly import OnTheFlyDataModule
 
 # As in ganlab.data.gaussian: the dataset yields whole batches in the main process, so its length is exact.
 warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
@@ -72,7 +73,7 @@ class MixtureBatches(IterableDataset):
             yield {"image": x, "label": labels}
 
 
-class GaussianMixtureDataModule(pl.LightningDataModule):
+class GaussianMixtureDataModule(OnTheFlyDataModule):
     """Batches {"image": (B, 2) float32, "label": (B,) mode index} from a uniform 2-D gaussian mixture.
 
     `centers` ((K, 2) tensor) and `std` stay public: the mode metrics and the scatter plots read them.
@@ -104,18 +105,3 @@ class GaussianMixtureDataModule(pl.LightningDataModule):
         self.train_batches = MixtureBatches(centers, self.std, batch_size, batches_per_epoch, seed)
         self.val_set, self.val_labels = sample_mixture(centers, self.std, val_samples,
                                                        torch.Generator().manual_seed(seed + 999_983))
-
-    def state_dict(self) -> dict[str, int]:
-        # Saved in Lightning checkpoints so a resumed run continues the sequence of draws.
-        return {"epoch": self.train_batches.epoch}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.train_batches.epoch = int(state_dict["epoch"])
-
-    def train_dataloader(self) -> DataLoader:
-        # The dataset yields whole batches; batch_size=None stops the loader from batching again.
-        return DataLoader(self.train_batches, batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        data = [{"image": x, "label": y} for x, y in zip(self.val_set, self.val_labels)]
-        return DataLoader(data, batch_size=self.hparams.batch_size * 4)
