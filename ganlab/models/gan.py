@@ -151,7 +151,8 @@ class GAN(pl.LightningModule):
         logs["train/loss_d"] = loss_d.detach()
 
         # G step every n_critic D steps: the chosen G objective through the updated D.
-        if int(self.d_steps) % hp.n_critic == 0:
+        # (Reading the step counter is a host sync on GPU: only pay it when G skips steps.)
+        if hp.n_critic == 1 or int(self.d_steps) % hp.n_critic == 0:
             with self.toggled_optimizer(opt_g):
                 loss_g = self.loss.g_loss(self.discriminator(fake, y))
                 opt_g.zero_grad(set_to_none=True)
