@@ -31,16 +31,18 @@ from pathlib import Path
 import yaml
 
 # (setup, label, overrides): setup picks `+experiment=gan_<setup>`; overrides are Hydra overrides.
-# Uncomment rows to compare (each row costs ~1.5 min per seed); PacGAN2 packs 2 samples per D input.
+# Each row costs ~1.5 min per seed on an idle core. PacGAN2 packs 2 samples per D input; WGAN-GP takes
+# 5 critic steps per G step within the same optimizer-step budget (so G gets a third of the updates).
 COMBOS: list[tuple[str, str, list[str]]] = [
-    ("ring8", "GAN (non-saturating)", []),
-    ("grid25", "GAN (non-saturating)", []),
-    # ("ring8", "hinge", ["model.loss=hinge"]),
-    # ("ring8", "LSGAN", ["model.loss=lsgan"]),
-    # ("ring8", "PacGAN2", ["model.discriminator.pack=2"]),
-    # ("grid25", "hinge", ["model.loss=hinge"]),
-    # ("grid25", "LSGAN", ["model.loss=lsgan"]),
-    # ("grid25", "PacGAN2", ["model.discriminator.pack=2"]),
+    (setup, label, overrides)
+    for setup in ("ring8", "grid25")
+    for label, overrides in (
+        ("GAN (non-saturating)", []),
+        ("hinge + spectral norm", ["model.loss=hinge", "model.discriminator.spectral_norm=true"]),
+        ("LSGAN", ["model.loss=lsgan"]),
+        ("PacGAN2", ["model.discriminator.pack=2"]),
+        ("WGAN-GP, 5 critic steps", ["model.loss=wgan_gp", "model.n_critic=5"]),
+    )
 ]
 
 GANLAB = shutil.which("ganlab") or str(Path(sys.executable).parent / "ganlab")
@@ -98,6 +100,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="trainer.max_steps for every row (default: each experiment's)")
     parser.add_argument("--only", help="run only the rows of this setup (ring8, grid25)")
+    parser.add_argument("--variants", nargs="+", help="run only rows whose variant label starts with one of these")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the training runs")
     parser.add_argument("--workdir", type=Path, help="where the runs go (default: outputs/bench_toy_modes/<time>)")
     parser.add_argument("--out", type=Path, help="also write the table (markdown, with command and date) here")
@@ -106,7 +109,8 @@ def main() -> None:
     seeds, steps = (args.seeds[:1], QUICK_STEPS) if args.quick else (args.seeds, args.steps)
     started = dt.datetime.now()
     workdir = args.workdir or Path("outputs") / "bench_toy_modes" / started.strftime("%Y-%m-%d_%H-%M-%S")
-    combos = [c for c in COMBOS if args.only in (None, c[0])]
+    combos = [c for c in COMBOS if args.only in (None, c[0])
+              and (not args.variants or any(c[1].startswith(v) for v in args.variants))]
     if not combos:
         sys.exit(f"--only {args.only}: no such setup in COMBOS ({', '.join(sorted({c[0] for c in COMBOS}))})")
 
