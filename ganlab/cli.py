@@ -20,6 +20,7 @@ from ganlab.errors import GanlabError
 VERBS = {
     "train": "train a model: ganlab train +experiment=gan_gaussian trainer.max_steps=2000",
     "sample": "sample a trained run: ganlab sample run=latest n=64 (or interpolate=true)",
+    "explain": "attribution maps of a trained run: ganlab explain run=latest method=all targets=[3,5]",
 }
 
 USAGE = f"""usage: ganlab <verb> [hydra overrides...]
