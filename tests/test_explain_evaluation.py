@@ -107,3 +107,30 @@ def test_normalize_map_keeps_the_hottest_region_hottest() -> None:
         assert out[i].flatten().topk(1).indices == maps[i].flatten().topk(1).indices
     assert (out[0][maps[0] <= 0] == 0).all() and (out[0] == 1).sum() >= 1
     assert torch.equal(out[2], torch.zeros_like(out[2]))
+
+
+
+def test_sanity_similarity_is_nan_for_a_constant_map(monkeypatch):
+    """A randomised model whose map is all zeros has no ranking to compare: NaN, never a passing 0."""
+    import torch
+    from torch import nn
+
+    import ganlab.explain.evaluation as evaluation
+
+    real_randomise = evaluation.randomise_parameters
+
+    def randomise_and_mark(model, seed=0):
+        copy = real_randomise(model, seed)
+        copy.randomised = True
+        return copy
+
+    class ZeroOnRandomised:  # the input itself for the trained model, all zeros for the randomised one
+        def __init__(self, model: nn.Module) -> None:
+            self.model = model
+
+        def attribute(self, inputs, target=None):
+            return torch.zeros_like(inputs) if getattr(self.model, "randomised", False) else inputs.clone()
+
+    monkeypatch.setattr(evaluation, "randomise_parameters", randomise_and_mark)
+    similarity = evaluation.randomisation_sanity(ZeroOnRandomised, nn.Conv2d(1, 1, 3), torch.rand(2, 1, 8, 8), None)
+    assert similarity.shape == (2,) and torch.isnan(similarity).all()

@@ -98,7 +98,10 @@ def randomisation_sanity(method_factory: Callable[[nn.Module], Method], model: n
         raise GanlabError(f"randomisation_sanity: maps changed shape {tuple(trained.shape)} -> "
                           f"{tuple(randomised.shape)} with the randomised model")
     a, b = trained.abs().flatten(1).T.double(), randomised.abs().flatten(1).T.double()
-    return spearman_corrcoef(a, b).reshape(trained.shape[0])
+    similarity = spearman_corrcoef(a, b).reshape(trained.shape[0])
+    # A constant map has no ranking: torchmetrics returns 0 there, which would read as "passes". NaN instead.
+    constant = (a.amax(0) == a.amin(0)) | (b.amax(0) == b.amin(0))
+    return similarity.masked_fill(constant, float("nan"))
 
 
 def fails_sanity(similarity: Tensor, threshold: float = SANITY_THRESHOLD) -> Tensor:
