@@ -1,4 +1,5 @@
-"""Pictures of samples: image grids (torchvision), 1-D density and 2-D scatter plots (matplotlib, headless)."""
+"""Pictures of samples: image grids (torchvision), 1-D density and 2-D scatter plots, MR/CT translation panels
+(matplotlib, headless)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on clusters or CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchvision.io import write_png  # noqa: E402
@@ -85,5 +87,53 @@ def interpolation_figure(values: Tensor) -> plt.Figure:
         ax.plot(t, row.numpy(), marker=".")
     ax.set_xlabel("t (spherical interpolation z0 -> z1)")
     ax.set_ylabel("G(z(t))")
+    fig.tight_layout()
+    return fig
+
+
+def _panel_slices(extent: np.ndarray, axis: int, n: int) -> list[int]:
+    """`n` evenly spaced slice indices along `axis` inside the body (the mask, else where CT > -500 HU)."""
+    other = tuple(a for a in range(3) if a != axis)
+    occupied = np.flatnonzero(extent.any(axis=other))
+    lo, hi = (occupied[0], occupied[-1]) if occupied.size else (0, extent.shape[axis] - 1)
+    picks = np.linspace(lo, hi, n + 2)[1:-1].round().astype(int)
+    return sorted(set(picks.tolist()))
+
+
+def translation_panel_figure(mr: np.ndarray, sct: np.ndarray, ct: np.ndarray, axis: int = 2, n_slices: int = 4,
+                             mask: np.ndarray | None = None, window: tuple[float, float] = (-1000.0, 1500.0),
+                             error_max: float = 500.0, title: str = "",
+                             zooms: tuple[float, float, float] | None = None) -> plt.Figure:
+    """MR | synthetic CT | real CT | |sCT - CT| for a few slices of one volume, one row per slice.
+
+    `mr` is the normalised MR in [-1, 1]; `sct` and `ct` are in HU, shown in one fixed `window` so that
+    panels of different patients and runs compare; the error map has its own colour bar in HU. `zooms`
+    (voxel sizes in mm) keep anisotropic slices in their true proportions.
+    """
+    extent = mask if mask is not None else ct > -500
+    rows = _panel_slices(np.asarray(extent, dtype=bool), axis, n_slices)
+    fig, axes = plt.subplots(len(rows), 4, figsize=(10, 2.6 * len(rows)), dpi=100, squeeze=False)
+    error = np.abs(sct - ct)
+    d0, d1 = (a for a in range(3) if a != axis)
+    aspect = 1.0 if zooms is None else float(zooms[d1]) / float(zooms[d0])  # rot90: rows run along d1
+
+    def cut(volume: np.ndarray, index: int) -> np.ndarray:
+        return np.rot90(np.take(volume, index, axis=axis))  # rows = second in-plane axis, flipped: radiological-ish
+
+    for r, index in enumerate(rows):
+        shown = [(cut(mr, index), "gray", (-1, 1)), (cut(sct, index), "gray", window),
+                 (cut(ct, index), "gray", window), (cut(error, index), "inferno", (0, error_max))]
+        for c, (image, cmap, (vmin, vmax)) in enumerate(shown):
+            handle = axes[r, c].imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
+                                       aspect=aspect)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(f"slice {index}")
+        fig.colorbar(handle, ax=axes[r, 3], fraction=0.046, pad=0.04, label="|error| HU")
+    for c, name in enumerate(["MR (normalised)", f"synthetic CT [{window[0]:g}, {window[1]:g}] HU",
+                              "real CT", "|sCT - CT|"]):
+        axes[0, c].set_title(name, fontsize="small")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

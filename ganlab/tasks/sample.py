@@ -1,8 +1,9 @@
 """`ganlab sample`: draw from a trained generator into <run>/samples/<timestamp>/.
 
-Writes the raw tensor (`samples.pt`, values in [-1, 1] for images) and a picture: an image grid, a 1-D
-histogram, a 2-D scatter over the target's mode centres, or a latent interpolation strip with
-`interpolate=true`.
+For GANs it writes the raw tensor (`samples.pt`, values in [-1, 1] for images) and a picture: an image
+grid, a 1-D histogram, a 2-D scatter over the target's mode centres, or a latent interpolation strip with
+`interpolate=true`. Image-to-image runs (a model with `translate`) go to `sample_volumes`: `input=` NIfTI
+volumes in, synthetic volumes out.
 """
 
 from __future__ import annotations
@@ -83,6 +84,17 @@ def sample(cfg: DictConfig) -> Path:
     ref = resolve_run(cfg.run, cfg.paths.log_dir)
     device = _device(cfg.device)
     model, run_cfg = load_model(ref, device)
+    target = run_cfg.model.get("_target_")
+    if hasattr(model, "translate"):  # image-to-image (pix2pix, CycleGAN): whole NIfTI volumes in and out
+        if not cfg.get("input"):
+            raise GanlabError(f"{ref.run_dir}: an image-to-image run ({target}) translates volumes; "
+                              "give input=<mr.nii.gz | folder of volumes | SynthRAD folder>")
+        from ganlab.tasks.sample_volumes import sample_volumes  # deferred: the NIfTI/metrics stack is needed only here
+
+        return sample_volumes(cfg, ref, model, run_cfg, device)
+    if cfg.get("input"):
+        raise GanlabError(f"input={cfg.input}: only image-to-image runs (pix2pix, CycleGAN) translate volumes; "
+                          f"this run's model is {target}; drop input=")
     if not hasattr(model, "generate"):
         raise GanlabError(f"{ref.run_dir}: not a GAN run (its model is {run_cfg.model.get('_target_')}); "
                           "ganlab sample needs a run with a generator")
