@@ -109,6 +109,21 @@ def _latest_run(log_dir: Path, name: str | None) -> Path:
     return max(runs, key=lambda r: ((r / MANIFEST_FILE).stat().st_mtime, str(r)))
 
 
+def resumable_checkpoint(log_dir: str | os.PathLike, name: str) -> Path | None:
+    """`resume=auto`: the checkpoint of the newest run named `name`, or None when there is none to continue.
+
+    "Newest" is the run under `<log_dir>/train/<name>/` (single runs and multirun jobs) whose run.yaml was
+    written last, among runs that hold a checkpoint; its checkpoint is the one `_checkpoint_of` picks
+    (the manifest's last_checkpoint, else checkpoints/last.ckpt). A run killed before its first checkpoint
+    is skipped, so the chain falls back to the run before it.
+    """
+    train_dir = Path(log_dir).resolve() / "train"
+    runs = [r for r in _find_runs(train_dir) if _has_checkpoint(r) and r.relative_to(train_dir).parts[0] == name]
+    if not runs:
+        return None
+    return _checkpoint_of(max(runs, key=lambda r: ((r / MANIFEST_FILE).stat().st_mtime, str(r))))
+
+
 def _checkpoint_of(run_dir: Path) -> Path:
     """The run's last checkpoint: the manifest's record, else checkpoints/last.ckpt, else the newest .ckpt."""
     manifest = read_manifest(run_dir)

@@ -124,3 +124,54 @@ def test_multirun_with_multiprocess_ddp_is_refused_with_the_fix(tmp_path):
                       "trainer.strategy=ddp", "trainer.devices=2", "seed=0,1", cwd=tmp_path, check=False)
     assert_clear_error(proc, "inside a -m sweep", "trainer.strategy=ddp_spawn", "trainer.devices=1", max_lines=3)
     assert not list((tmp_path / "outputs").rglob("run.yaml"))
+
+
+# --- The rest of issue 7's list, through the CLI: one line naming the file/key, exit != 0, earlier outputs kept.
+# (The readers' own tests cover every HDF5/NIfTI variant in-process: tests/test_pcam.py, tests/test_mr_ct_data.py.)
+def _pcam_wrong_key(tmp_path):
+    import h5py
+    import numpy as np
+
+    from ganlab.data.pcam_fixture import file_names, write_pcam_fixture
+
+    root = write_pcam_fixture(tmp_path / "pcam", 4)
+    x_file = root / file_names("train")[0]
+    with h5py.File(x_file, "w") as f:
+        f.create_dataset("images", data=np.zeros((4, 96, 96, 3), np.uint8))
+    return ["train", "+experiment=classifier_pcam", "+debug=fast", f"data.root={root}"], [
+        f"{x_file}: no dataset 'x'", "expected the official PCam file"]
+
+
+def _nifti_truncated(tmp_path):
+    from ganlab.data.phantom import write_phantom_dataset
+
+    root = tmp_path / "brain"
+    ct = write_phantom_dataset(root, n_patients=3, shape=(16, 16, 6), seed=1)[0] / "ct.nii.gz"
+    ct.write_bytes(ct.read_bytes()[:200])
+    return ["train", "+experiment=pix2pix_mr2ct", "+debug=fast", f"data.root={root}", "data.val_patients=1",
+            f"paths.data_dir={tmp_path / 'cache'}"], [str(ct), "NIfTI"]
+
+
+def _checkpoint_of_another_model(tmp_path):
+    (run,) = (tmp_path / "outputs" / "train" / "gan_gaussian").iterdir()
+    ckpt = run / "checkpoints" / "other.ckpt"
+    torch.save({"state_dict": {"net.stages.0.weight": torch.zeros(8, 1, 3, 3)}, "global_step": 8}, ckpt)
+    return ["sample", f"run={ckpt}"], [f"{ckpt}: weights do not fit the model in {run / 'config.yaml'}"]
+
+
+BAD_INPUTS = {"hdf5_wrong_key": _pcam_wrong_key, "nifti_truncated": _nifti_truncated,
+              "checkpoint_of_another_model": _checkpoint_of_another_model}
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gives_one_line_and_keeps_earlier_outputs(case, run_copy, tmp_path):
+    argv, fragments = BAD_INPUTS[case](tmp_path)
+    before = _snapshot(tmp_path / "outputs")
+    proc = run_ganlab(*argv, cwd=tmp_path, check=False)
+    assert_clear_error(proc, *fragments)
+    after = _snapshot(tmp_path / "outputs")
+    assert {k: after.get(k) for k in before} == before  # every earlier file still there, byte for byte

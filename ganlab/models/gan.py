@@ -179,7 +179,8 @@ class GAN(pl.LightningModule):
         real, y = batch["image"][:keep], self._labels(batch)
         y = None if y is None else y[:keep]
         fake = self.generate(self.sample_z(keep), y)
-        self._log_scores("val", self.discriminator(real, y), self.discriminator(fake, y))
+        # sync_dist: under DDP each rank scores its own shard; the logged value is the mean over ranks.
+        self._log_scores("val", self.discriminator(real, y), self.discriminator(fake, y), sync_dist=True)
         return {"real": real, "fake": fake}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

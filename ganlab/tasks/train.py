@@ -7,6 +7,7 @@ starts, and the manifest is updated with the outcome, the last checkpoint and th
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -22,7 +23,10 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ganlab import __version__
 from ganlab.errors import GanlabError
-from ganlab.runs import CHECKPOINT_DIR, CONFIG_FILE, load_checkpoint, resolve_run, update_manifest, write_yaml_atomic
+from ganlab.callbacks.distributed import PerRankSeed
+from ganlab.callbacks.signals import SignalCheckpoint
+from ganlab.runs import (CHECKPOINT_DIR, CONFIG_FILE, load_checkpoint, resolve_run, resumable_checkpoint,
+                         update_manifest, write_yaml_atomic)
 
 
 # Lightning warns that periodic checkpoints under manual optimization hold the state after the step. For
@@ -57,10 +61,14 @@ def _metrics(trainer: pl.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if torch.as_tensor(v).numel() == 1}
 
 
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def _refuse_multirun_with_ddp(cfg: DictConfig) -> None:
     """Lightning's DDP launcher re-runs this script per rank; inside a sweep each child re-runs the sweep."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return
+    if not _multirun() or "submitit" in str(HydraConfig.get().launcher.get("_target_", "")):
+        return  # on SLURM (submitit) srun starts every rank itself: nothing re-runs the sweep
     strategy = str(cfg.trainer.get("strategy", "auto"))
     devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
     many = nodes > 1 or devices == -1 or devices == "auto" or (isinstance(devices, int) and devices > 1) or (
@@ -71,12 +79,42 @@ def _refuse_multirun_with_ddp(cfg: DictConfig) -> None:
                           "device per job (trainer.devices=1) with a parallel launcher")
 
 
-def train(cfg: DictConfig) -> Path:
+def _resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """`ckpt_path=<run dir|.ckpt|latest[:name]>` continues that run; `resume=auto` continues the newest run
+    of the same `name` that has a checkpoint (runs.resumable_checkpoint), or starts fresh if there is none."""
+    resume = cfg.get("resume")
+    if resume not in (None, "auto"):
+        raise GanlabError(f"resume={resume!r}: expected auto or null (to continue a given run use "
+                          "ckpt_path=<run dir|.ckpt|latest|latest:NAME>)")
+    if cfg.get("ckpt_path"):
+        if resume:
+            raise GanlabError(f"resume=auto and ckpt_path={cfg.ckpt_path} both given; keep one of them")
+        return resolve_run(cfg.ckpt_path, cfg.paths.log_dir).checkpoint
+    if resume == "auto":
+        if _multirun():
+            raise GanlabError("resume=auto picks one run to continue and cannot serve every job of a -m sweep; "
+                              "give each job its own ckpt_path=<run dir>")
+        return resumable_checkpoint(cfg.paths.log_dir, cfg.name)
+    return None
+
+
+def _objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value a Hydra sweeper (Optuna) optimises: the final metric named by `optimized_metric`."""
+    key = cfg.get("optimized_metric")
+    if not key:
+        return None
+    if key not in metrics:
+        raise GanlabError(f"optimized_metric={key}: not among the run's final metrics "
+                          f"({', '.join(metrics) or 'none'}); name a logged validation metric")
+    return metrics[key]
+
+
+def train(cfg: DictConfig) -> Path | float:
+    """Fit; return the run dir, or the value of `optimized_metric` when a sweeper asks for one."""
     _refuse_multirun_with_ddp(cfg)
     run_dir = Path(cfg.paths.output_dir)
-    ckpt_path: Path | None = None
-    if cfg.get("ckpt_path"):
-        ckpt_path = resolve_run(cfg.ckpt_path, cfg.paths.log_dir).checkpoint
+    ckpt_path = _resume_checkpoint(cfg)
+    if ckpt_path is not None:
         resume_ckpt = load_checkpoint(ckpt_path)
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -86,8 +124,8 @@ def train(cfg: DictConfig) -> Path:
         _check_fits(model, resume_ckpt, ckpt_path)
         del resume_ckpt
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
-                                      logger=loggers or False)
+    callbacks = _instantiate_all(cfg.get("callbacks")) + [PerRankSeed(cfg.seed)]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     if rank_zero_only.rank == 0:
         write_yaml_atomic(run_dir / CONFIG_FILE, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
@@ -104,16 +142,19 @@ def train(cfg: DictConfig) -> Path:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except BaseException as err:
         if rank_zero_only.rank == 0:
-            update_manifest(run_dir, status="interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
+            interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+            update_manifest(run_dir, status="interrupted" if interrupted else "failed",
                             error=f"{type(err).__name__}: {err}"[:500], global_step=trainer.global_step)
         raise
-    status = "interrupted" if trainer.interrupted else "completed"
+    stopped_by = next((c.stopped_by for c in trainer.callbacks if isinstance(c, SignalCheckpoint) and c.stopped_by),
+                      None)
+    status = "interrupted" if trainer.interrupted or stopped_by else "completed"
     # Save the final state explicitly: periodic checkpoints need not fall on the last step.
     last = run_dir / CHECKPOINT_DIR / "last.ckpt"
     trainer.save_checkpoint(last, weights_only=False)
     metrics = _metrics(trainer)
     # Final metrics on the held-out split at the final weights (fit validates only at epoch ends).
-    if trainer.limit_val_batches and not trainer.interrupted:
+    if trainer.limit_val_batches and status == "completed":
         trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics.update(_metrics(trainer))
     if trainer.is_global_zero:
@@ -124,6 +165,14 @@ def train(cfg: DictConfig) -> Path:
             global_step=trainer.global_step,
             last_checkpoint=str(last.relative_to(run_dir)),
             metrics=metrics,
+            **({"stopped_by": stopped_by} if stopped_by else {}),
         )
-        print(f"ganlab train: {status} at step {trainer.global_step}; run dir: {run_dir}")
-    return run_dir
+        print(f"ganlab train: {status}{' by ' + stopped_by if stopped_by else ''} at step {trainer.global_step}; "
+              f"run dir: {run_dir}")
+    if stopped_by:
+        # Not a success: a scheduler or a shell loop sees 128 + signal number, as if the signal had killed
+        # us, and re-running the same command with resume=auto continues from this checkpoint.
+        print(f"ganlab train: continue with the same command plus resume=auto", file=sys.stderr)
+        sys.exit(128 + getattr(signal, stopped_by, signal.SIGTERM))
+    objective = _objective(cfg, metrics)
+    return run_dir if objective is None else objective

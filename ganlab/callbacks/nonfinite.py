@@ -1,0 +1,108 @@
+"""Stop (or skip the step) when a training loss becomes NaN/Inf, and never checkpoint a poisoned state.
+
+`policy: stop` watches the logged `train/*loss*` values. Each batch it folds `isfinite` into a small
+device tensor (the first bad step per loss term), which costs no host sync; the tensor is read every
+`check_every_n_steps` batches and before every checkpoint is written. A bad value raises a GanlabError
+naming the loss term and the step, so the run ends with one message and the checkpoint on disk is the
+last one written before the loss went bad (the save that would have held bad weights is refused).
+
+`policy: skip` looks at the gradients instead, just before each optimizer step (one host sync per step:
+the price of deciding): if any is non-finite, that optimizer's gradients are dropped (`grad = None`),
+so Adam/SGD leave those weights and their state untouched, and the skip is counted in
+`train/skipped_steps`. More than `max_skips` skipped steps in a row stops the run as above.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from ganlab.errors import GanlabError
+
+POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossGuard(pl.Callback):
+    def __init__(self, policy: str = "stop", check_every_n_steps: int = 25, max_skips: int = 10) -> None:
+        if policy not in POLICIES:
+            raise GanlabError(f"nan_policy={policy!r}: expected one of {', '.join(POLICIES)}")
+        if check_every_n_steps < 1 or max_skips < 0:
+            raise GanlabError(f"NonFiniteLossGuard: need check_every_n_steps >= 1 and max_skips >= 0, got "
+                              f"{check_every_n_steps}, {max_skips}")
+        self.policy, self.check_every_n_steps, self.max_skips = policy, check_every_n_steps, max_skips
+        self._first_bad: dict[str, Tensor] = {}  # loss key -> first global step where it was non-finite (-1)
+        self._first_bad_value: dict[str, Tensor] = {}
+        self.skipped = 0
+        self._skips_in_a_row = 0
+
+    # --- policy: stop ------------------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.policy == "skip":
+            pl_module.log("train/skipped_steps", float(self.skipped))
+            return
+        step = trainer.global_step
+        for key, value in trainer.callback_metrics.items():
+            if not key.startswith("train/") or "loss" not in key or key.endswith(("_step", "_epoch")):
+                continue
+            value = value.detach().float().reshape(-1)[:1]
+            first = self._first_bad.get(key)
+            if first is None:
+                first = self._first_bad[key] = torch.full((1,), -1, dtype=torch.long, device=value.device)
+                self._first_bad_value[key] = torch.zeros(1, device=value.device)
+            newly_bad = ~torch.isfinite(value) & (first < 0)
+            first.copy_(torch.where(newly_bad, torch.full_like(first, step), first))
+            self._first_bad_value[key].copy_(torch.where(newly_bad, value, self._first_bad_value[key]))
+        if (batch_idx + 1) % self.check_every_n_steps == 0:
+            self._raise_if_bad()
+
+    def _raise_if_bad(self) -> None:
+        bad = {k: int(v) for k, v in self._first_bad.items() if int(v) >= 0}  # the one host sync
+        if bad:
+            key = min(bad, key=lambda k: (bad[k], k))
+            value = float(self._first_bad_value[key])
+            raise GanlabError(f"{key} became {value} at step {bad[key]}; stopped, and the last checkpoint "
+                              "written before it was kept (lower the learning rates, check the data for "
+                              "NaN, or set nan_policy=skip)")
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self._raise_if_bad()  # runs before the file is written: a poisoned state is never saved
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._raise_if_bad()
+
+    # --- policy: skip ------------------------------------------------------------------------------------
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        if self.policy != "skip":
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self._skips_in_a_row = 0
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.skipped += 1
+        self._skips_in_a_row += 1
+        if self._skips_in_a_row > self.max_skips:
+            raise GanlabError(f"non-finite gradients in {self._skips_in_a_row} optimizer steps in a row up to "
+                              f"step {trainer.global_step} ({_owner(pl_module, optimizer)}); stopped (nan_policy=skip, "
+                              f"max_skips={self.max_skips})")
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+
+
+def _owner(pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> str:
+    """The top-level submodule(s) whose parameters the optimizer updates, e.g. `discriminator`."""
+    ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    names = [name for name, child in pl_module.named_children() if any(id(p) in ids for p in child.parameters())]
+    return ", ".join(names) or "parameters"
