@@ -12,8 +12,10 @@ from omegaconf import open_dict
 from conftest import EXPERIMENTS
 
 CONFIG_DIR = Path(__file__).parent.parent / "ganlab" / "configs"
+# Groups of train.yaml (explainer/ belongs to explain.yaml: tested below).
 GROUP_OPTIONS = [(g.name, p.stem) for g in sorted(CONFIG_DIR.iterdir()) if g.is_dir() and g.name not in
-                 ("experiment", "hydra", "__pycache__", "local") for p in sorted(g.glob("*.yaml"))]
+                 ("experiment", "hydra", "__pycache__", "local", "explainer") for p in sorted(g.glob("*.yaml"))]
+EXPLAINERS = sorted(p.stem for p in (CONFIG_DIR / "explainer").glob("*.yaml"))
 
 
 def _compose(overrides: list[str], tmp_path: Path, config_name: str = "train"):
@@ -45,6 +47,10 @@ def test_experiment_instantiates_and_shapes_fit(experiment, tmp_path):
     assert trainer.max_steps == cfg.trainer.max_steps
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
+    if hasattr(model, "translate"):  # image-to-image: MR "a" -> CT "b" of the same shape
+        fake = model.translate(batch["a"])
+        assert fake.shape == batch["b"].shape and torch.isfinite(fake).all()
+        return
     if not hasattr(model, "generator"):  # a classifier
         assert model(batch["image"]).shape == (batch["image"].shape[0], cfg.data.num_classes)
         return
@@ -53,6 +59,19 @@ def test_experiment_instantiates_and_shapes_fit(experiment, tmp_path):
     fake = model.generator(model.sample_z(n), y)
     assert fake.shape == batch["image"].shape and torch.isfinite(fake).all()
     assert model.discriminator(batch["image"], y).shape == (n // model.pack,)
+
+
+def test_explain_config_lists_every_explainer():
+    """Each configs/explainer/<name>.yaml is a column of `method=all` and builds on a classifier."""
+    from ganlab.nets.classifier import CNNClassifier
+
+    with initialize_config_module(config_module="ganlab.configs", version_base="1.3"):
+        cfg = compose(config_name="explain", overrides=["explainers.occlusion.window=4"])
+    assert sorted(cfg.explainers) == EXPLAINERS and cfg.explainers.occlusion.window == 4
+    net = CNNClassifier(1, 10, widths=[4, 4], strides=[2, 1]).eval()
+    for name, node in cfg.explainers.items():
+        maps = instantiate(node)(net).attribute(torch.rand(2, 1, 16, 16) * 2 - 1, target=3)
+        assert maps.shape[0] == 2 and maps.shape[-2:] == (16, 16), name
 
 
 def test_sample_config_composes(tmp_path):
