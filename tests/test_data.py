@@ -127,3 +127,18 @@ def test_train_range_gives_disjoint_slices(tmp_path):
     assert len(first.datasets["val"]) == len(second.datasets["val"]) == 5  # held-out split untouched
     with pytest.raises(GanlabError, match="train_range"):
         MNISTDataModule(root=str(tmp_path), train_range=(0.5, 0.5))
+
+
+def test_on_the_fly_batches_differ_per_ddp_rank_and_rank0_keeps_its_stream():
+    """Under DDP each rank draws its own batches; rank 0 (and a single-process run) is unchanged."""
+    from ganlab.data.gaussian_mixture import GaussianMixtureDataModule, ring_centers
+
+    def first_batch(rank: int) -> torch.Tensor:
+        dm = GaussianMixtureDataModule(centers=ring_centers(), std=0.02, batch_size=8, batches_per_epoch=1, seed=3)
+        dm.train_batches.rank = rank
+        return next(iter(dm.train_batches))["image"]
+
+    single = GaussianMixtureDataModule(centers=ring_centers(), std=0.02, batch_size=8, batches_per_epoch=1, seed=3)
+    assert torch.equal(first_batch(0), next(iter(single.train_batches))["image"])
+    assert not torch.allclose(first_batch(0), first_batch(1)) and not torch.allclose(first_batch(1), first_batch(2))
+    assert torch.equal(first_batch(1), first_batch(1))

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import IterableDataset
 
-from ganlab.data.on_the_fly import OnTheFlyDataModule
+from ganlab.data.on_the_fly import OnTheFlyDataModule, stream_seed
 
 
 # Lightning warns that an IterableDataset's __len__ may be wrong with several workers; ours yields whole
@@ -27,13 +27,13 @@ class GaussianBatches(IterableDataset):
         super().__init__()
         self.mean, self.std, self.dim = mean, std, dim
         self.batch_size, self.num_batches, self.seed = batch_size, num_batches, seed
-        self.epoch = 0
+        self.epoch, self.rank = 0, 0
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        rng = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        rng = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, self.rank))
         self.epoch += 1
         for _ in range(self.num_batches):
             x = self.mean + self.std * torch.randn(self.batch_size, self.dim, generator=rng)

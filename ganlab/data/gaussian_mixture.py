@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
-from ganlab.data.on_the_fly import OnTheFlyDataModule
+from ganlab.data.on_the_fly import OnTheFlyDataModule, stream_seed
 
 # As in ganlab.data.gaussian: the dataset yields whole batches in the main process, so its length is exact.
 warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
@@ -60,13 +60,13 @@ class MixtureBatches(IterableDataset):
         super().__init__()
         self.centers, self.std = centers, std
         self.batch_size, self.num_batches, self.seed = batch_size, num_batches, seed
-        self.epoch = 0
+        self.epoch, self.rank = 0, 0
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        rng = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        rng = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, self.rank))
         self.epoch += 1
         for _ in range(self.num_batches):
             x, labels = sample_mixture(self.centers, self.std, self.batch_size, rng)

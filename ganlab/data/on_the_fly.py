@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytorch_lightning as pl
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
+
+
+def stream_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of one rank's draws in one epoch. Rank 0 keeps the single-process stream (so a 1-device run is
+    unchanged); under DDP every other rank gets an independent stream instead of a copy of rank 0's batches."""
+    base = seed * 100_003 + epoch
+    return base if rank == 0 else int(np.random.SeedSequence([base, rank]).generate_state(1)[0])
 
 
 class OnTheFlyDataModule(pl.LightningDataModule):
@@ -23,6 +31,8 @@ class OnTheFlyDataModule(pl.LightningDataModule):
         self.train_batches.epoch = int(state_dict["epoch"])
 
     def train_dataloader(self) -> DataLoader:
+        # Lightning shards map-style datasets across DDP ranks; these batches are drawn, so each rank draws its own.
+        self.train_batches.rank = self.trainer.global_rank if self.trainer is not None else 0
         # The dataset yields whole batches; batch_size=None stops the loader from batching again.
         return DataLoader(self.train_batches, batch_size=None)
 
