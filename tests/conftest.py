@@ -32,7 +32,7 @@ def tiny_overrides(experiment: str) -> list[str]:
     """`+debug=fast` plus the smallest widths each of the experiment's networks accepts."""
     model = compose_experiment(experiment).model
     overrides = ["+debug=fast"]
-    for key in ("generator", "discriminator", "net"):
+    for key in ("generator", "discriminator", "net", "g_ab", "g_ba", "d_a", "d_b"):
         node = model.get(key)
         if node is None:
             continue

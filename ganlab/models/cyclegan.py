@@ -1,0 +1,162 @@
+"""CycleGAN (Zhu et al. 2017): unpaired translation a <-> b with two GANs tied by cycle consistency.
+
+    D step:  min_{D_b} L^D(D_b(b), D_b(pool_b(G_ab(a))))  +  min_{D_a} L^D(D_a(a), D_a(pool_a(G_ba(b))))
+    G step:  min_{G_ab, G_ba}  L^G(D_b(G_ab(a))) + L^G(D_a(G_ba(b)))                       (adversarial)
+               + lambda_cycle * (|G_ba(G_ab(a)) - a|_1 + |G_ab(G_ba(b)) - b|_1)            (cycle)
+               + lambda_identity * lambda_cycle * (|G_ab(b) - b|_1 + |G_ba(a) - a|_1)      (identity)
+
+L is LSGAN by default (the paper's choice; `ganlab.losses` writes G's term as 1/2 E[(D - 1)^2], half
+the reference implementation's MSE, so the adversarial term weighs half as much against lambda_cycle).
+D sees its fakes through an image pool of 50 (Shrivastava et al. 2017). The identity term keeps G_ab from
+changing an image already in domain b; it needs equal channel counts. Adam(2e-4, betas 0.5/0.999) with
+the learning rate constant, then linearly decayed to 0 from `decay_start` (fraction of the G steps) to
+the end; schedulers and pools are saved in checkpoints and restored on resume.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from ganlab.errors import GanlabError
+from ganlab.losses import get_loss
+from ganlab.models.image_pool import ImagePool
+from ganlab.models.translation import ImageTranslation
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class LinearDecay:
+    """LR factor at G step k: 1 before `start`, then linearly down to 0 at `total` (a LambdaLR lambda that
+    pickles as plain ints, so the scheduler's state loads with weights_only=True)."""
+
+    def __init__(self, total: int, start: int) -> None:
+        self.total, self.start = total, start
+
+    def __call__(self, step: int) -> float:
+        if step < self.start:
+            return 1.0
+        return max(0.0, (self.total - step) / max(1, self.total - self.start))
+
+
+class CycleGAN(ImageTranslation):
+    def __init__(
+        self,
+        g_ab: nn.Module,
+        g_ba: nn.Module,
+        d_a: nn.Module,
+        d_b: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        loss: str = "lsgan",
+        lambda_cycle: float = 10.0,
+        lambda_identity: float = 0.5,
+        pool_size: int = 50,
+        lr: float = 2e-4,
+        decay_start: float = 0.5,
+    ) -> None:
+        super().__init__()
+        # Networks and the optimizer factory are rebuilt from config.yaml, never pickled into the checkpoint.
+        self.save_hyperparameters(ignore=["g_ab", "g_ba", "d_a", "d_b", "optimizer"])
+        self.automatic_optimization = False
+        try:
+            self.loss = get_loss(loss)
+        except ValueError as err:
+            raise GanlabError(str(err)) from None
+        if self.loss.gradient_penalty:
+            raise GanlabError(f"model.loss={loss}: CycleGAN does not implement the gradient penalty; use lsgan")
+        if lambda_cycle < 0 or lambda_identity < 0 or pool_size < 0 or not 0 <= decay_start <= 1:
+            raise GanlabError("need model.lambda_cycle >= 0, model.lambda_identity >= 0, model.pool_size >= 0 and "
+                              f"0 <= model.decay_start <= 1; got {lambda_cycle}, {lambda_identity}, {pool_size}, "
+                              f"{decay_start}")
+        ch_a, ch_b = getattr(g_ab, "in_channels", None), getattr(g_ab, "out_channels", None)
+        wiring = {"g_ba.in_channels": (getattr(g_ba, "in_channels", None), ch_b),
+                  "g_ba.out_channels": (getattr(g_ba, "out_channels", None), ch_a),
+                  "d_a.in_channels": (getattr(d_a, "in_channels", None), ch_a),
+                  "d_b.in_channels": (getattr(d_b, "in_channels", None), ch_b),
+                  "d_a.cond_channels": (getattr(d_a, "cond_channels", 0), 0),
+                  "d_b.cond_channels": (getattr(d_b, "cond_channels", 0), 0)}
+        bad = [f"{key}={got} (expected {want})" for key, (got, want) in wiring.items() if got != want]
+        if bad:
+            raise GanlabError(f"model: networks do not fit a={ch_a}-channel, b={ch_b}-channel CycleGAN: "
+                              + ", ".join(bad))
+        if lambda_identity > 0 and ch_a != ch_b:
+            raise GanlabError(f"model.lambda_identity={lambda_identity} needs as many channels in a as in b "
+                              f"(G_ab(b) must be defined), got {ch_a} and {ch_b}; set model.lambda_identity=0")
+        self.g_ab, self.g_ba, self.d_a, self.d_b = g_ab, g_ba, d_a, d_b
+        self.optimizer_factory = optimizer or torch.optim.Adam
+        self.pool_a, self.pool_b = ImagePool(pool_size), ImagePool(pool_size)
+
+    def generator_for(self, direction: str) -> nn.Module:
+        return self.g_ab if direction == "a2b" else self.g_ba
+
+    def total_g_steps(self) -> int:
+        """G steps in the whole run: trainer.max_steps counts both optimizers' steps, 2 per batch."""
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return max(1, trainer.max_steps // 2)
+        return max(1, int(trainer.estimated_stepping_batches))
+
+    def configure_optimizers(self) -> tuple[list[Any], list[Any]]:
+        hp = self.hparams
+        opt_g = self.optimizer_factory([*self.g_ab.parameters(), *self.g_ba.parameters()], lr=hp.lr)
+        opt_d = self.optimizer_factory([*self.d_a.parameters(), *self.d_b.parameters()], lr=hp.lr)
+        total = self.total_g_steps()
+        decay = LinearDecay(total, round(hp.decay_start * total))
+        return [opt_g, opt_d], [torch.optim.lr_scheduler.LambdaLR(opt, decay) for opt in (opt_g, opt_d)]
+
+    def d_losses(self, a: Tensor, b: Tensor, pooled_fake_a: Tensor, pooled_fake_b: Tensor) -> dict[str, Tensor]:
+        """Each D: its real domain against (pooled, detached) fakes of it."""
+        return {"loss_d_a": self.loss.d_loss(self.d_a(a), self.d_a(pooled_fake_a.detach())),
+                "loss_d_b": self.loss.d_loss(self.d_b(b), self.d_b(pooled_fake_b.detach()))}
+
+    def g_losses(self, a: Tensor, b: Tensor, fake_a: Tensor, fake_b: Tensor) -> dict[str, Tensor]:
+        """Both generators' objective (the module docstring's G step), its total and each term."""
+        hp = self.hparams
+        adv = self.loss.g_loss(self.d_b(fake_b)) + self.loss.g_loss(self.d_a(fake_a))
+        cycle = (self.g_ba(fake_b) - a).abs().mean() + (self.g_ab(fake_a) - b).abs().mean()
+        total = adv + hp.lambda_cycle * cycle
+        terms = {"loss_g_adv": adv, "loss_cycle": cycle}
+        if hp.lambda_identity > 0:
+            identity = (self.g_ab(b) - b).abs().mean() + (self.g_ba(a) - a).abs().mean()
+            total = total + hp.lambda_identity * hp.lambda_cycle * identity
+            terms["loss_identity"] = identity
+        return {"loss_g": total, **terms}
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        a, b = batch["a"], batch["b"]
+        fake_b, fake_a = self.g_ab(a), self.g_ba(b)
+
+        # D step first (on the pools' mix of new and earlier fakes), then G against the updated Ds.
+        with self.toggled_optimizer(opt_d):
+            d = self.d_losses(a, b, self.pool_a.query(fake_a), self.pool_b.query(fake_b))
+            loss_d = d["loss_d_a"] + d["loss_d_b"]
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt_d.step()
+
+        with self.toggled_optimizer(opt_g):
+            g = self.g_losses(a, b, fake_a, fake_b)
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g["loss_g"])
+            opt_g.step()
+        for scheduler in self.lr_schedulers():  # per G step: the decay counts G steps
+            scheduler.step()
+
+        self.log_dict({"train/loss_d": loss_d.detach(), **{f"train/{k}": v.detach() for k, v in {**d, **g}.items()},
+                       "train/lr": float(opt_g.param_groups[0]["lr"])}, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["image_pools"] = {"a": self.pool_a.state_dict(), "b": self.pool_b.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resume restores the schedulers' step counts; the decay's shape (total, start) follows this run's
+        # trainer.max_steps, so a run resumed with a larger budget decays over the new one.
+        for state in checkpoint.get("lr_schedulers", []):
+            state["lr_lambdas"] = [None] * len(state.get("lr_lambdas", []))
+        pools = checkpoint.get("image_pools")
+        if pools:
+            self.pool_a.load_state_dict(pools["a"], self.device)
+            self.pool_b.load_state_dict(pools["b"], self.device)

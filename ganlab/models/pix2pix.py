@@ -1,0 +1,110 @@
+"""pix2pix (Isola et al. 2017): paired image-to-image translation with a conditional GAN plus L1.
+
+    D step:  min_D  L_adv^D( D(a, b), D(a, G(a)) )
+    G step:  min_G  L_adv^G( D(a, G(a)) ) + lambda_l1 * |b - G(a)|_1
+
+D is conditioned on the input: it judges the pair cat(a, b) (real) against cat(a, G(a)) (fake), so it can
+punish a plausible CT that does not match this MR. The L1 term pulls G(a) towards the paired target and
+carries the low frequencies; the PatchGAN D sharpens texture. `loss` names an objective of
+`ganlab.losses` (nonsaturating as in the paper, or lsgan, hinge, ...). Needs paired data (a and b the same
+slice): an unpaired data module is refused in the constructor.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ganlab.errors import GanlabError
+from ganlab.losses import get_loss
+from ganlab.models.translation import ImageTranslation
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class Pix2Pix(ImageTranslation):
+    directions = ("a2b",)
+
+    def __init__(
+        self,
+        g_ab: nn.Module,
+        d_b: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        loss: str = "nonsaturating",
+        lambda_l1: float = 100.0,
+        l1_in_mask: bool = False,
+        paired: bool = True,
+        lr_g: float = 2e-4,
+        lr_d: float = 2e-4,
+    ) -> None:
+        super().__init__()
+        # Networks and the optimizer factory are rebuilt from config.yaml, never pickled into the checkpoint.
+        self.save_hyperparameters(ignore=["g_ab", "d_b", "optimizer"])
+        self.automatic_optimization = False
+        if not paired:
+            raise GanlabError("model=pix2pix needs paired data (each MR slice with its own CT slice) but "
+                              "data.paired=false; use data.paired=true, or model=cyclegan for unpaired data")
+        try:
+            self.loss = get_loss(loss)
+        except ValueError as err:
+            raise GanlabError(str(err)) from None
+        if self.loss.gradient_penalty:
+            raise GanlabError(f"model.loss={loss}: pix2pix does not implement the gradient penalty; "
+                              "use nonsaturating, lsgan, hinge or minimax")
+        if lambda_l1 < 0:
+            raise GanlabError(f"model.lambda_l1 must be >= 0, got {lambda_l1}")
+        g_in, g_out = getattr(g_ab, "in_channels", None), getattr(g_ab, "out_channels", None)
+        d_in, d_cond = getattr(d_b, "in_channels", None), getattr(d_b, "cond_channels", None)
+        if (d_in, d_cond) != (g_out, g_in):
+            raise GanlabError(f"model.d_b must judge cat(a, b): cond_channels={g_in} (a's channels) and "
+                              f"in_channels={g_out} (b's channels), got cond_channels={d_cond}, in_channels={d_in}")
+        self.g_ab, self.d_b = g_ab, d_b
+        self.optimizer_factory = optimizer or torch.optim.Adam
+
+    def generator_for(self, direction: str) -> nn.Module:
+        return self.g_ab
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.optimizer_factory(self.g_ab.parameters(), lr=self.hparams.lr_g),
+                self.optimizer_factory(self.d_b.parameters(), lr=self.hparams.lr_d)]
+
+    def l1(self, fake_b: Tensor, b: Tensor, mask: Tensor | None) -> Tensor:
+        """|b - G(a)|_1 averaged over all pixels, or over the body-mask pixels with l1_in_mask."""
+        error = (fake_b - b).abs()
+        if not self.hparams.l1_in_mask or mask is None:
+            return error.mean()
+        weight = mask.expand_as(error)
+        return (error * weight).sum() / weight.sum().clamp_min(1.0)
+
+    def d_loss(self, a: Tensor, b: Tensor, fake_b: Tensor) -> Tensor:
+        """D's objective: real pairs (a, b) against fake pairs (a, G(a)), G's output detached."""
+        return self.loss.d_loss(self.d_b(torch.cat([a, b], 1)), self.d_b(torch.cat([a, fake_b.detach()], 1)))
+
+    def g_losses(self, a: Tensor, b: Tensor, fake_b: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+        """G's objective: fool D on (a, G(a)), + lambda_l1 * |b - G(a)|_1; returns the total and both terms."""
+        adv = self.loss.g_loss(self.d_b(torch.cat([a, fake_b], 1)))
+        l1 = self.l1(fake_b, b, mask)
+        return {"loss_g": adv + self.hparams.lambda_l1 * l1, "loss_g_adv": adv, "loss_l1": l1}
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        a, b = batch["a"], batch["b"]
+        fake_b = self.g_ab(a)
+
+        # D step first, so G's step below is taken against the updated D.
+        with self.toggled_optimizer(opt_d):
+            loss_d = self.d_loss(a, b, fake_b)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss_d)
+            opt_d.step()
+
+        with self.toggled_optimizer(opt_g):
+            g = self.g_losses(a, b, fake_b, batch.get("mask"))
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g["loss_g"])
+            opt_g.step()
+
+        self.log_dict({"train/loss_d": loss_d.detach(), **{f"train/{k}": v.detach() for k, v in g.items()}},
+                      prog_bar=True)

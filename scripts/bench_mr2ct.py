@@ -1,0 +1,114 @@
+"""Benchmark MR -> CT synthesis on the offline phantom: pix2pix and CycleGAN against two learning-free baselines.
+
+Trains `+experiment=pix2pix_mr2ct` and `+experiment=cyclegan_mr2ct` through the `ganlab` console script for
+a fixed number of optimizer steps, reads their final held-out metrics from run.yaml, and scores the water and
+intensity-lookup baselines (`ganlab.metrics.mr2ct_baselines`) on the same held-out patients with the same
+SynthRAD2023 metric functions. Prints a markdown table (held-out patients, mean over patients).
+
+    OMP_NUM_THREADS=1 nice python scripts/bench_mr2ct.py --steps 3000 --workdir /tmp/bench_mr2ct
+    python scripts/bench_mr2ct.py --steps 0            # baselines only
+    python scripts/bench_mr2ct.py --extra trainer=gpu  # any further Hydra overrides for both runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ganlab.data.intensity import unit_to_ct
+from ganlab.metrics.mr2ct_baselines import IntensityLookup, water_baseline
+from ganlab.metrics.synthrad import PatientSlices, mean_over_patients, synthrad_metrics
+from ganlab.models.translation import tissue_names
+
+GANLAB = str(Path(sys.executable).parent / "ganlab")
+COLUMNS = ["mae_hu", "psnr", "ssim", "mae_bone", "mae_air", "mae_soft_tissue"]
+
+
+def start_training(experiment: str, steps: int, workdir: Path, extra: list[str]) -> subprocess.Popen:
+    args = [GANLAB, "train", f"+experiment={experiment}", f"trainer.max_steps={steps}",
+            "trainer.enable_progress_bar=false", f"paths.data_dir={workdir / 'data'}", *extra]
+    log = open(workdir / f"{experiment}.log", "w")
+    return subprocess.Popen(args, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def finish_training(experiment: str, proc: subprocess.Popen, workdir: Path) -> tuple[Path, dict[str, float]]:
+    if proc.wait() != 0:
+        sys.exit(f"{' '.join(proc.args)} failed; see {workdir / f'{experiment}.log'}")
+    runs = (workdir / "outputs" / "train" / experiment).glob("*/run.yaml")
+    run_dir = max(runs, key=lambda p: p.stat().st_mtime).parent
+    metrics = yaml.safe_load((run_dir / "run.yaml").read_text())["metrics"]
+    return run_dir, {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")}
+
+
+def baselines(workdir: Path, extra: list[str]) -> dict[str, dict[str, float]]:
+    """Water and intensity lookup, fit on the paired training slices, scored on the held-out volumes."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="ganlab.configs", version_base="1.3"):
+        overrides = ["+experiment=pix2pix_mr2ct", f"paths.data_dir={workdir / 'data'}"]
+        cfg = compose(config_name="train", overrides=[*overrides, *[o for o in extra if o.startswith("data.")]])
+    data = instantiate(OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True)))
+    data.setup("fit")
+    lookup = IntensityLookup().fit(
+        (b["a"][:, 0], unit_to_ct(b["b"][:, 0]), b["mask"][:, 0]) for b in data.train_dataloader())
+    volumes = PatientSlices()
+    for batch in data.val_dataloader():
+        mask = batch["mask"][:, 0] > 0.5
+        tissue = batch["tissue"][:, 0] if "tissue" in batch else torch.zeros_like(mask, dtype=torch.long)
+        volumes.add(batch["patient"], batch["slice"], mr=batch["a"][:, 0], ct=unit_to_ct(batch["b"][:, 0]),
+                    mask=mask, tissue=tissue)
+    names = tissue_names(data) if "tissue" in batch else None
+    scores: dict[str, list[dict[str, float]]] = {"water (0 HU in body)": [], "MR intensity lookup": []}
+    for _, v in volumes.volumes():
+        tissue = v["tissue"] if names else None
+        for name, sct in (("water (0 HU in body)", water_baseline(v["mask"])),
+                          ("MR intensity lookup", lookup.predict(v["mr"], v["mask"]))):
+            scores[name].append(synthrad_metrics(v["ct"], sct, v["mask"], tissue, names))
+    return {k: mean_over_patients(v) for k, v in scores.items()}
+
+
+def table(rows: dict[str, dict[str, float]]) -> str:
+    head = "| method | " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, m in rows.items():
+        cells = ["-" if c not in m else f"{m[c]:.3f}" if c == "ssim" else f"{m[c]:.1f}" for c in COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3000,
+                        help="optimizer steps per GAN (2 per batch); 0: baselines only")
+    parser.add_argument("--cyclegan-steps", type=int, default=None, help="CycleGAN's own budget (default: --steps; 0: skip)")
+    parser.add_argument("--workdir", type=Path, default=Path("bench_mr2ct"))
+    parser.add_argument("--extra", nargs="*", default=["logger=none"], help="Hydra overrides for both runs")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    rows = baselines(args.workdir, args.extra)  # (also generates the phantom once, before the runs share it)
+    cyclegan_steps = args.steps if args.cyclegan_steps is None else args.cyclegan_steps
+    budgets = {"pix2pix_mr2ct": args.steps, "cyclegan_mr2ct": cyclegan_steps}
+    budgets = {k: v for k, v in budgets.items() if v}
+    start = time.time()
+    # Both runs at once, one thread each: on a small CPU machine that is faster than one after the other.
+    procs = {name: start_training(name, steps, args.workdir, args.extra) for name, steps in budgets.items()}
+    for experiment, proc in procs.items():
+        run_dir, metrics = finish_training(experiment, proc, args.workdir)
+        rows[f"{experiment} ({budgets[experiment]} steps)"] = metrics
+        print(f"{experiment}: {run_dir} (done after {(time.time() - start) / 60:.1f} min)", file=sys.stderr)
+    print(f"Held-out phantom patients, mean over patients (MAE in HU, PSNR in dB):\n\n{table(rows)}")
+
+
+if __name__ == "__main__":
+    main()
