@@ -5,6 +5,8 @@ optional), read and never written. `data.root` null: a synthetic paired phantom 
 generated once into `<cache_dir>/mr_ct_phantom_<params>/` and read through the same loader. Every patient is
 validated in the constructor, before a run dir exists; normalised volumes are cached as .npy in
 `<cache_dir>/mr_ct_cache/` and memory-mapped, so no NIfTI is decoded twice.
+`data.images` "a" or "b" serves one domain's slices as plain images {"image", "label": 0} instead (single-domain
+models such as ProGAN on CT); both splits then skip slices below `min_mask_fraction`, as nothing is re-stacked.
 
 Patients, never slices, are split into train and validation, so no anatomy leaks across the split.
 """
@@ -21,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ganlab.data.intensity import MR_METHODS
 from ganlab.data.phantom import TISSUES, write_phantom_dataset
-from ganlab.data.slices import Crop, PairedSlices, UnpairedSlices, VolumeSlices, restack
+from ganlab.data.slices import Crop, ImageSlices, PairedSlices, UnpairedSlices, VolumeSlices, restack
 from ganlab.data.volumes import Patient, VolumeCache, find_patients, load_patient
 from ganlab.errors import GanlabError
 
@@ -67,6 +69,7 @@ class MRCTDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         phantom: Mapping[str, Any] | None = None,
+        images: str | None = None,
     ) -> None:
         super().__init__()
         if axis not in (0, 1, 2):
@@ -87,7 +90,10 @@ class MRCTDataModule(pl.LightningDataModule):
                               "only unpaired training can use; set data.paired=false (CycleGAN)")
         if not 0.0 <= min_mask_fraction < 1.0:
             raise GanlabError(f"data.min_mask_fraction={min_mask_fraction}: expected a fraction in [0, 1)")
-        self.paired, self.disjoint_patients = bool(paired), bool(disjoint_patients)
+        if images not in (None, "a", "b"):
+            raise GanlabError(f"data.images={images!r}: expected null (a/b pairs), 'a' (MR slices as images) or "
+                              "'b' (CT slices as images)")
+        self.paired, self.disjoint_patients, self.images = bool(paired), bool(disjoint_patients), images
         self.axis, self.context, self.image_size = int(axis), int(context), int(image_size)
         self.min_mask_fraction = float(min_mask_fraction)
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
@@ -129,9 +135,12 @@ class MRCTDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        if self.paired:
+        if self.images is not None:  # one domain as plain images; disjoint halves still apply
+            volumes = self._slices(self.mr_patients if self.images == "a" else self.ct_patients)
+            train: Dataset = ImageSlices(volumes, volumes.items(self.min_mask_fraction), self.images, self.context)
+        elif self.paired:
             volumes = self._slices(self.train_patients)
-            train: Dataset = PairedSlices(volumes, volumes.items(self.min_mask_fraction), self.context)
+            train = PairedSlices(volumes, volumes.items(self.min_mask_fraction), self.context)
         else:
             mr, ct = self._slices(self.mr_patients), self._slices(self.ct_patients)
             train = UnpairedSlices(mr, mr.items(self.min_mask_fraction), ct, ct.items(self.min_mask_fraction),
@@ -139,8 +148,13 @@ class MRCTDataModule(pl.LightningDataModule):
         if len(train) == 0:
             raise GanlabError(f"data.min_mask_fraction={self.min_mask_fraction} leaves no training slice; "
                               "lower it")
-        # Validation keeps every slice, in patient-then-slice order, so predictions re-stack into volumes.
-        val = PairedSlices(self._val_volumes, self._val_volumes.items(), self.context, indexed=True)
+        # Pairs: validation keeps every slice, in patient-then-slice order, so predictions re-stack into volumes.
+        # Plain images are never re-stacked: near-empty slices are skipped as in training.
+        if self.images is not None:
+            val: Dataset = ImageSlices(self._val_volumes, self._val_volumes.items(self.min_mask_fraction),
+                                       self.images, self.context)
+        else:
+            val = PairedSlices(self._val_volumes, self._val_volumes.items(), self.context, indexed=True)
         self.datasets = {"train": train, "val": val}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

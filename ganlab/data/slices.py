@@ -154,3 +154,20 @@ class UnpairedSlices(Dataset):
                 "b": _tensor(self.ct.take(pb, "b", sb), torch.float32),
                 "mask": _tensor(self.mr.take(pa, "mask", sa), torch.float32),
                 "mask_b": _tensor(self.ct.take(pb, "mask", sb), torch.float32)}
+
+
+class ImageSlices(Dataset):
+    """One domain's slices as plain images, {"image": (C, size, size), "label": 0}, for single-domain models
+    such as ProGAN on CT (`data.images`): kind "a" (MR, with its 2k+1 context channels) or "b" (CT)."""
+
+    def __init__(self, volumes: VolumeSlices, items: list[tuple[int, int]], kind: str, context: int = 0) -> None:
+        self.volumes, self.items, self.kind = volumes, items, kind
+        self.context = context if kind == "a" else 0  # context channels exist only for the MR input
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        p, s = self.items[index]
+        return {"image": _tensor(self.volumes.take(p, self.kind, s, self.context), torch.float32),
+                "label": torch.tensor(0, dtype=torch.int64)}
