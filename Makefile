@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/ganlab train $(ARGS)
 
+# One pytest worker per core (pytest-xdist); PYTEST_ARGS="-n 0 tests/test_x.py" runs serially.
+PYTEST_ARGS ?= -n auto
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

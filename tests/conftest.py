@@ -8,8 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hydra import compose, initialize_config_module
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One pytest worker per core already: in-process tests get one intra-op thread each, or they fight.
+    torch.set_num_threads(1)
 
 GANLAB = str(Path(sys.executable).parent / "ganlab")
 TESTS_DIR = Path(__file__).parent
