@@ -60,6 +60,15 @@ def write_yaml_atomic(path: Path, data: dict[str, Any] | DictConfig) -> None:
     os.replace(tmp, path)
 
 
+def resolve_device(name: str) -> torch.device:
+    """`device=` of sample/explain: cpu, cuda[:i], or auto (cuda when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GanlabError(f"device={name}: CUDA is not available on this machine; use device=cpu")
+    return torch.device(name)
+
+
 def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
     path = run_dir / MANIFEST_FILE
     manifest = read_manifest(run_dir) if path.exists() else {}

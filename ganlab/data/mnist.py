@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ganlab.data.idx import read_idx, write_idx
+from ganlab.data.loaders import split_loader
 from ganlab.errors import GanlabError
 
 SPLITS = {"train": "train", "val": "t10k"}
@@ -171,15 +172,7 @@ class MNISTDataModule(pl.LightningDataModule):
                 self.datasets[split] = ImageDataset(resize_uint8(images, self.image_size), labels)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+        return split_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers, self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -25,6 +25,7 @@ from ganlab.data.intensity import MR_METHODS
 from ganlab.data.phantom import TISSUES, write_phantom_dataset
 from ganlab.data.slices import Crop, ImageSlices, PairedSlices, UnpairedSlices, VolumeSlices, restack
 from ganlab.data.volumes import Patient, VolumeCache, find_patients, load_patient
+from ganlab.data.loaders import split_loader
 from ganlab.errors import GanlabError
 
 PHANTOM_DEFAULTS = {"n_patients": 12, "shape": (64, 64, 24), "seed": 0}
@@ -159,10 +160,7 @@ class MRCTDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
-        dataset = self.datasets[split]
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle,
-                          drop_last=shuffle and len(dataset) >= self.batch_size, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+        return split_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers, self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ganlab.data.pcam_fixture import SIZE, SPLIT_FILES, file_names, write_pcam_fixture
+from ganlab.data.loaders import split_loader
 from ganlab.errors import GanlabError
 
 X_SHAPE = (SIZE, SIZE, 3)
@@ -232,15 +233,7 @@ class PCamDataModule(pl.LightningDataModule):
         self._build()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
+        return split_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers, self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ganlab.errors import GanlabError
 from ganlab.nets.layers import MinibatchStdDev
-from ganlab.runs import load_model, new_output_dir, resolve_run, write_yaml_atomic
+from ganlab.runs import load_model, new_output_dir, resolve_device, resolve_run, write_yaml_atomic
 from ganlab.tasks.explain_inputs import Inputs, dataset_inputs, file_inputs, generated_inputs
 from ganlab.tasks.explain_scores import evaluate_methods, print_table
 
@@ -51,14 +51,6 @@ class RealnessScore(nn.Module):
             return torch.cat([self.discriminator(x[i:i + 1], None if y is None else y[i:i + 1])
                               for i in range(x.shape[0])])
         return self.discriminator(x, y)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GanlabError(f"device={name}: CUDA is not available on this machine; use device=cpu")
-    return torch.device(name)
 
 
 def _methods(cfg: DictConfig) -> list[str]:
@@ -217,7 +209,7 @@ def _attribute(explainers: dict[str, Any], net: nn.Module, rows: Inputs, targets
 def explain(cfg: DictConfig) -> Path:
     methods = _methods(cfg)
     ref = resolve_run(cfg.run, cfg.paths.log_dir)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     model, run_cfg = load_model(ref, device)
     net = _subject(cfg, model, run_cfg, ref.run_dir)
     methods, skipped = _applicable(cfg, methods, net)

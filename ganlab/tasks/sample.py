@@ -19,7 +19,7 @@ from torch import Tensor
 from ganlab.errors import GanlabError
 from ganlab.metrics.modes import mode_coverage
 from ganlab.plots import density_figure, interpolation_figure, save_figure, save_grid_png, scatter_figure
-from ganlab.runs import load_model, new_output_dir, resolve_run, write_yaml_atomic
+from ganlab.runs import load_model, new_output_dir, resolve_device, resolve_run, write_yaml_atomic
 
 
 def slerp(z0: Tensor, z1: Tensor, steps: int) -> Tensor:
@@ -35,14 +35,6 @@ def slerp(z0: Tensor, z1: Tensor, steps: int) -> Tensor:
     linear = (1 - t) * a + t * b
     spherical = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / so.clamp_min(1e-8)
     return torch.where(so.abs() < 1e-6, linear, spherical)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GanlabError(f"device={name}: CUDA is not available on this machine; use device=cpu")
-    return torch.device(name)
 
 
 def _run_data(run_cfg: DictConfig) -> Any | None:
@@ -82,7 +74,7 @@ def sample(cfg: DictConfig) -> Path:
     if cfg.n < 1 or cfg.steps < 2 or cfg.rows < 1:
         raise GanlabError(f"need n >= 1, steps >= 2, rows >= 1; got n={cfg.n}, steps={cfg.steps}, rows={cfg.rows}")
     ref = resolve_run(cfg.run, cfg.paths.log_dir)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     model, run_cfg = load_model(ref, device)
     target = run_cfg.model.get("_target_")
     if hasattr(model, "translate"):  # image-to-image (pix2pix, CycleGAN): whole NIfTI volumes in and out
