@@ -5,7 +5,7 @@ a fixed number of optimizer steps, reads their final held-out metrics from run.y
 intensity-lookup baselines (`ganlab.metrics.mr2ct_baselines`) on the same held-out patients with the same
 SynthRAD2023 metric functions. Prints a markdown table (held-out patients, mean over patients).
 
-    OMP_NUM_THREADS=1 nice python scripts/bench_mr2ct.py --steps 3000 --workdir /tmp/bench_mr2ct
+    OMP_NUM_THREADS=1 nice python scripts/bench_mr2ct.py --steps 4000 --cyclegan-steps 800 --workdir /tmp/bench_mr2ct
     python scripts/bench_mr2ct.py --steps 0            # baselines only
     python scripts/bench_mr2ct.py --extra trainer=gpu  # any further Hydra overrides for both runs
 """
@@ -26,11 +26,11 @@ from omegaconf import OmegaConf
 
 from ganlab.data.intensity import unit_to_ct
 from ganlab.metrics.mr2ct_baselines import IntensityLookup, water_baseline
-from ganlab.metrics.synthrad import PatientSlices, mean_over_patients, synthrad_metrics
-from ganlab.models.translation import tissue_names
+from ganlab.metrics.synthrad import PatientSlices, mean_over_patients
+from ganlab.models.translation import on_original_grid, score_volume, tissue_names
 
 GANLAB = str(Path(sys.executable).parent / "ganlab")
-COLUMNS = ["mae_hu", "psnr", "ssim", "mae_bone", "mae_air", "mae_soft_tissue"]
+COLUMNS = ["mae_hu", "psnr", "ssim", "mae_bone", "mae_air", "mae_soft_tissue", "mae_fat", "mae_brain", "mae_csf"]
 
 
 def start_training(experiment: str, steps: int, workdir: Path, extra: list[str]) -> subprocess.Popen:
@@ -68,11 +68,14 @@ def baselines(workdir: Path, extra: list[str]) -> dict[str, dict[str, float]]:
                     mask=mask, tissue=tissue)
     names = tissue_names(data) if "tissue" in batch else None
     scores: dict[str, list[dict[str, float]]] = {"water (0 HU in body)": [], "MR intensity lookup": []}
-    for _, v in volumes.volumes():
-        tissue = v["tissue"] if names else None
+    for patient, v in volumes.volumes():
         for name, sct in (("water (0 HU in body)", water_baseline(v["mask"])),
                           ("MR intensity lookup", lookup.predict(v["mr"], v["mask"]))):
-            scores[name].append(synthrad_metrics(v["ct"], sct, v["mask"], tissue, names))
+            # Scored like the GANs' validation: back on the patient's original grid, padding removed.
+            volume = {"sct": sct.float(), "ct": v["ct"], "mask": v["mask"]}
+            if names:
+                volume["tissue"] = v["tissue"]
+            scores[name].append(score_volume(on_original_grid(data, patient, volume), names))
     return {k: mean_over_patients(v) for k, v in scores.items()}
 
 
@@ -89,7 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000,
                         help="optimizer steps per GAN (2 per batch); 0: baselines only")
-    parser.add_argument("--cyclegan-steps", type=int, default=None, help="CycleGAN's own budget (default: --steps; 0: skip)")
+    parser.add_argument("--cyclegan-steps", type=int, default=None,
+                        help="CycleGAN's own budget (default: --steps; 0: skip)")
     parser.add_argument("--workdir", type=Path, default=Path("bench_mr2ct"))
     parser.add_argument("--extra", nargs="*", default=["logger=none"], help="Hydra overrides for both runs")
     args = parser.parse_args()

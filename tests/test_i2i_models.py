@@ -4,6 +4,7 @@ schedule, and short fits on synthetic batches in the MR/CT data contract (valida
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -11,9 +12,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ganlab.errors import GanlabError
-from ganlab.models.cyclegan import CycleGAN, LinearDecay
+from ganlab.models.cyclegan import CycleGAN
 from ganlab.models.image_pool import ImagePool
 from ganlab.models.pix2pix import Pix2Pix
+from ganlab.models.translation import LinearDecay
 from ganlab.nets.patchgan import PatchGANDiscriminator
 from ganlab.nets.resnet_generator import ResnetGenerator
 from ganlab.nets.unet import UNetGenerator
@@ -145,6 +147,25 @@ def test_linear_decay_schedule_per_g_step():
     assert opt_g.param_groups[0]["lr"] == 0 == opt_d.param_groups[0]["lr"]
 
 
+@pytest.mark.parametrize("decay_start,lr_at", [(1.0, {0: 1e-3, 10: 1e-3, 19: 1e-3}),
+                                              (0.5, {0: 1e-3, 10: 1e-3, 15: 5e-4, 19: 1e-4})])
+def test_pix2pix_lr_constant_or_linear_decay(decay_start, lr_at):
+    model = Pix2Pix(Linear1x1([1.0]), Linear1x1([1.0, 1.0], cond_channels=1), lr_g=1e-3, lr_d=2e-4,
+                    decay_start=decay_start)
+    model._trainer = SimpleNamespace(max_steps=40)  # 40 optimizer steps = 20 G steps
+    (opt_g, opt_d), schedulers = model.configure_optimizers()
+    lrs = []
+    for _ in range(20):
+        lrs.append((opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]))
+        opt_g.step(), opt_d.step()
+        for s in schedulers:
+            s.step()
+    for k, lr in lr_at.items():
+        assert lrs[k] == (pytest.approx(lr), pytest.approx(lr / 5)), k  # D's rate follows the same factor
+    with pytest.raises(GanlabError, match="decay_start"):
+        Pix2Pix(Linear1x1([1.0]), Linear1x1([1.0, 1.0], cond_channels=1), decay_start=1.5)
+
+
 # --- short fits on synthetic data in the mr_ct contract ------------------------------------------------------------
 
 class Slices(Dataset):
@@ -237,3 +258,49 @@ def test_cyclegan_fit_decays_lr_and_resume_restores_pools_and_schedulers(tmp_pat
     trainer = _fit(longer, tmp_path, 12, ckpt_path=ckpt)
     decay = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
     assert (decay.total, decay.start) == (6, 3) and trainer.lr_scheduler_configs[0].scheduler.last_epoch == 6
+
+
+# --- validation scores the original voxel grid, as `ganlab sample` does -------------------------------------------
+
+@pytest.mark.parametrize("image_size", [32, 16])
+def test_validation_scores_the_original_grid(tmp_path, image_size):
+    """A pointwise G (sCT = unit_to_ct(0.5 MR + 0.1)) on a phantom whose 20x27 slice planes are padded to 32
+    (padding must not count: not as air, not in SSIM's border) or centre-cropped to 16 (then only the body inside
+    rows 2:18, cols 5:21 of each plane is scored): val/* must equal the metrics of the hand-built volumes."""
+    from ganlab.data.intensity import unit_to_ct
+    from ganlab.data.mr_ct import MRCTDataModule
+    from ganlab.data.phantom import TISSUES
+    from ganlab.metrics.synthrad import mean_over_patients, synthrad_metrics
+
+    data = MRCTDataModule(cache_dir=str(tmp_path), image_size=image_size, val_patients=2, batch_size=3,
+                          phantom={"n_patients": 3, "shape": [20, 27, 10]})
+    model = Pix2Pix(Linear1x1([0.5], bias=0.1), Linear1x1([1.0, 1.0], cond_channels=1))
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    (got,) = trainer.validate(model, datamodule=data, verbose=False)
+
+    inside = np.zeros((20, 27, 10), dtype=bool)  # the part of each plane that validation translates
+    if image_size == 16:
+        inside[2:18, 5:21, :] = True
+    else:
+        inside[:] = True
+    expected = []
+    for i in range(2):
+        v = data.val_volume(i)
+        assert v["a"].shape == (20, 27, 10)
+        tissue = np.where(inside, v["tissue"], -1)
+        sct = unit_to_ct(0.5 * v["a"] + 0.1)
+        expected.append(synthrad_metrics(unit_to_ct(v["b"]), sct, (v["mask"] > 0) & inside, tissue, TISSUES))
+    expected = mean_over_patients(expected)
+    assert {"mae_hu", "psnr", "ssim", "mae_air", "mae_bone", "mae_brain"} <= set(expected)
+    assert set(expected) == {k.removeprefix("val/") for k in got if k != "val/l1"}
+    for key, value in expected.items():
+        assert got[f"val/{key}"] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+
+    # A truncated validation (2 batches: 6 of the first patient's 10 slices) still scores what it saw.
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                         limit_val_batches=2)
+    (partial,) = trainer.validate(model, datamodule=data, verbose=False)
+    v = data.val_volume(0)
+    error = np.abs(unit_to_ct(v["b"]) - unit_to_ct(0.5 * v["a"] + 0.1))
+    seen = ((v["mask"] > 0) & inside)[..., :6]
+    assert partial["val/mae_hu"] == pytest.approx(float(error[..., :6][seen].mean()), rel=1e-4)

@@ -291,11 +291,12 @@ def test_trained_pix2pix_samples_a_phantom_patient(tmp_path, data_dir):
     ct = nib.load(str(root / held_out / "ct.nii.gz")).get_fdata()
     mask = nib.load(str(root / held_out / "mask.nii.gz")).get_fdata() > 0
     assert info["metrics"]["mae_hu"] == pytest.approx(np.abs(ct - sct)[mask].mean(), rel=1e-4)
-    # Same normalisation, context, padding and HU mapping as training: the run's validation numbers again.
-    # (Not SSIM and air: validation scores the padded image_size planes, whose border lies further from the
-    # body and whose padding counts as air.)
+    # Same normalisation, context, padding and HU mapping as training, and validation scores the volume on the
+    # original grid (padding cropped away): the run's validation numbers again, every one of them.
     val = manifest(run)["metrics"]
-    for key in ("mae_hu", "psnr", "mae_bone", "mae_soft_tissue", "mae_brain"):
+    assert {"mae_hu", "psnr", "ssim", "mae_air", "mae_bone", "mae_soft_tissue", "mae_brain"} <= set(info["metrics"])
+    assert {f"val/{k}" for k in info["metrics"]} <= set(val)
+    for key in info["metrics"]:
         assert info["metrics"][key] == pytest.approx(val[f"val/{key}"], rel=1e-3, abs=1e-3), key
 
     # The real model's refusals, in-process (the CLI's one-line error for a GanlabError is tested elsewhere).

@@ -28,19 +28,6 @@ from ganlab.models.translation import ImageTranslation
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
-class LinearDecay:
-    """LR factor at G step k: 1 before `start`, then linearly down to 0 at `total` (a LambdaLR lambda that
-    pickles as plain ints, so the scheduler's state loads with weights_only=True)."""
-
-    def __init__(self, total: int, start: int) -> None:
-        self.total, self.start = total, start
-
-    def __call__(self, step: int) -> float:
-        if step < self.start:
-            return 1.0
-        return max(0.0, (self.total - step) / max(1, self.total - self.start))
-
-
 class CycleGAN(ImageTranslation):
     def __init__(
         self,
@@ -91,20 +78,11 @@ class CycleGAN(ImageTranslation):
     def generator_for(self, direction: str) -> nn.Module:
         return self.g_ab if direction == "a2b" else self.g_ba
 
-    def total_g_steps(self) -> int:
-        """G steps in the whole run: trainer.max_steps counts both optimizers' steps, 2 per batch."""
-        trainer = self.trainer
-        if trainer.max_steps and trainer.max_steps > 0:
-            return max(1, trainer.max_steps // 2)
-        return max(1, int(trainer.estimated_stepping_batches))
-
     def configure_optimizers(self) -> tuple[list[Any], list[Any]]:
         hp = self.hparams
         opt_g = self.optimizer_factory([*self.g_ab.parameters(), *self.g_ba.parameters()], lr=hp.lr)
         opt_d = self.optimizer_factory([*self.d_a.parameters(), *self.d_b.parameters()], lr=hp.lr)
-        total = self.total_g_steps()
-        decay = LinearDecay(total, round(hp.decay_start * total))
-        return [opt_g, opt_d], [torch.optim.lr_scheduler.LambdaLR(opt, decay) for opt in (opt_g, opt_d)]
+        return [opt_g, opt_d], self.linear_decay([opt_g, opt_d], hp.decay_start)
 
     def d_losses(self, a: Tensor, b: Tensor, pooled_fake_a: Tensor, pooled_fake_b: Tensor) -> dict[str, Tensor]:
         """Each D: its real domain against (pooled, detached) fakes of it."""
@@ -152,10 +130,7 @@ class CycleGAN(ImageTranslation):
         checkpoint["image_pools"] = {"a": self.pool_a.state_dict(), "b": self.pool_b.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Resume restores the schedulers' step counts; the decay's shape (total, start) follows this run's
-        # trainer.max_steps, so a run resumed with a larger budget decays over the new one.
-        for state in checkpoint.get("lr_schedulers", []):
-            state["lr_lambdas"] = [None] * len(state.get("lr_lambdas", []))
+        super().on_load_checkpoint(checkpoint)  # the LR decay follows this run's max_steps
         pools = checkpoint.get("image_pools")
         if pools:
             self.pool_a.load_state_dict(pools["a"], self.device)

@@ -7,12 +7,13 @@ D is conditioned on the input: it judges the pair cat(a, b) (real) against cat(a
 punish a plausible CT that does not match this MR. The L1 term pulls G(a) towards the paired target and
 carries the low frequencies; the PatchGAN D sharpens texture. `loss` names an objective of
 `ganlab.losses` (nonsaturating as in the paper, or lsgan, hinge, ...). Needs paired data (a and b the same
-slice): an unpaired data module is refused in the constructor.
+slice): an unpaired data module is refused in the constructor. Adam at lr_g / lr_d, constant (the paper), or
+linearly decayed to 0 after `decay_start` (a fraction of the G steps; the reference code's schedule).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,7 @@ class Pix2Pix(ImageTranslation):
         paired: bool = True,
         lr_g: float = 2e-4,
         lr_d: float = 2e-4,
+        decay_start: float = 1.0,
     ) -> None:
         super().__init__()
         # Networks and the optimizer factory are rebuilt from config.yaml, never pickled into the checkpoint.
@@ -55,6 +57,9 @@ class Pix2Pix(ImageTranslation):
                               "use nonsaturating, lsgan, hinge or minimax")
         if lambda_l1 < 0:
             raise GanlabError(f"model.lambda_l1 must be >= 0, got {lambda_l1}")
+        if not 0 <= decay_start <= 1:
+            raise GanlabError(f"model.decay_start={decay_start}: expected a fraction of the run in [0, 1] "
+                              "(1: constant learning rate)")
         g_in, g_out = getattr(g_ab, "in_channels", None), getattr(g_ab, "out_channels", None)
         d_in, d_cond = getattr(d_b, "in_channels", None), getattr(d_b, "cond_channels", None)
         if (d_in, d_cond) != (g_out, g_in):
@@ -66,9 +71,11 @@ class Pix2Pix(ImageTranslation):
     def generator_for(self, direction: str) -> nn.Module:
         return self.g_ab
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        return [self.optimizer_factory(self.g_ab.parameters(), lr=self.hparams.lr_g),
-                self.optimizer_factory(self.d_b.parameters(), lr=self.hparams.lr_d)]
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+        hp = self.hparams
+        opts = [self.optimizer_factory(self.g_ab.parameters(), lr=hp.lr_g),
+                self.optimizer_factory(self.d_b.parameters(), lr=hp.lr_d)]
+        return opts, self.linear_decay(opts, hp.decay_start)
 
     def l1(self, fake_b: Tensor, b: Tensor, mask: Tensor | None) -> Tensor:
         """|b - G(a)|_1 averaged over all pixels, or over the body-mask pixels with l1_in_mask."""
@@ -105,6 +112,8 @@ class Pix2Pix(ImageTranslation):
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g["loss_g"])
             opt_g.step()
+        for scheduler in self.lr_schedulers():  # per G step
+            scheduler.step()
 
-        self.log_dict({"train/loss_d": loss_d.detach(), **{f"train/{k}": v.detach() for k, v in g.items()}},
-                      prog_bar=True)
+        self.log_dict({"train/loss_d": loss_d.detach(), **{f"train/{k}": v.detach() for k, v in g.items()},
+                       "train/lr": float(opt_g.param_groups[0]["lr"])}, prog_bar=True)

@@ -2,22 +2,27 @@
 
 Validation batches come paired, unshuffled, patient by patient ({"a", "b", "mask", "patient", "slice"} and
 optionally "tissue"). Each batch's synthetic CT is mapped to HU and kept per patient; at the end of the
-epoch the slices are stacked into one volume per held-out patient, scored with `ganlab.metrics.synthrad`
-and averaged over patients: val/mae_hu, val/psnr, val/ssim and val/mae_<tissue>. One fixed validation
-slice is drawn to TensorBoard as MR | synthetic CT | real CT | |error| at every validation.
+epoch the slices are stacked into one volume per held-out patient and put back on the patient's original
+voxel grid with the data module's `restack` (padding removed, so it neither counts as air nor moves SSIM's
+border), scored with `ganlab.metrics.synthrad` and averaged over patients: val/mae_hu, val/psnr, val/ssim and
+val/mae_<tissue>. That is what `ganlab sample` scores on the same patient. Where slices were larger than
+image_size, validation only sees the centre crop: the metrics then cover the body inside it. One fixed
+validation slice is drawn to TensorBoard as MR | synthetic CT | real CT | |error| at every validation.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from ganlab.data.intensity import unit_to_ct
+from ganlab.data.intensity import HU_MIN, unit_to_ct
 from ganlab.errors import GanlabError
-from ganlab.metrics.synthrad import PatientSlices, mean_over_patients, synthrad_metrics
+from ganlab.metrics.synthrad import (PatientSlices, mae_hu, mae_per_tissue, mean_over_patients, psnr_hu,
+                                     synthrad_metrics)
 
 DIRECTIONS = ("a2b", "b2a")
 
@@ -40,6 +45,48 @@ def tissue_names(datamodule: object) -> Sequence[str] | None:
     return list(TISSUES)
 
 
+FILL = {"sct": HU_MIN, "ct": HU_MIN, "mask": 0, "tissue": -1}  # cropped-away voxels: air, no body, no class
+
+
+def on_original_grid(datamodule: object, patient: int, volume: dict[str, Tensor]) -> dict[str, np.ndarray | Tensor]:
+    """Val patient `patient`'s stacked (n_slices, size, size) images -> its original voxel grid, with the data
+    module's `restack`. A truncated validation (limit_val_batches) has too few slices to restack: its planes
+    are only cropped back, slices first. Data modules without crop info (plain image batches) pass through."""
+    if not hasattr(datamodule, "val_crop"):
+        return volume
+    try:
+        return {k: datamodule.restack(patient, v.numpy(), fill=FILL[k]) for k, v in volume.items()}
+    except GanlabError:  # not every slice of this patient was validated
+        crop = datamodule.val_crop(patient)
+        return {k: crop.invert(v.numpy(), FILL[k]) for k, v in volume.items()}
+
+
+def score_volume(volume: dict[str, np.ndarray | Tensor], names: Sequence[str] | None) -> dict[str, float]:
+    """SynthRAD metrics of one patient; without SSIM (as `ganlab sample` does) for a volume too thin for its
+    7-voxel window."""
+    ct, sct, mask, tissue = volume["ct"], volume["sct"], volume["mask"], volume.get("tissue")
+    try:
+        return synthrad_metrics(ct, sct, mask, tissue, names)
+    except GanlabError:
+        scores = {"mae_hu": mae_hu(ct, sct, mask), "psnr": psnr_hu(ct, sct, mask)}
+        if tissue is not None and names:
+            scores.update({f"mae_{k}": v for k, v in mae_per_tissue(ct, sct, tissue, names).items()})
+        return scores
+
+
+class LinearDecay:
+    """LR factor at G step k: 1 before `start`, then linearly down to 0 at `total` (a LambdaLR lambda that
+    pickles as plain ints, so the scheduler's state loads with weights_only=True)."""
+
+    def __init__(self, total: int, start: int) -> None:
+        self.total, self.start = total, start
+
+    def __call__(self, step: int) -> float:
+        if step < self.start:
+            return 1.0
+        return max(0.0, (self.total - step) / max(1, self.total - self.start))
+
+
 class ImageTranslation(pl.LightningModule):
     """Base LightningModule of the image-to-image models; subclasses implement `generator_for`."""
 
@@ -51,6 +98,28 @@ class ImageTranslation(pl.LightningModule):
 
     def generator_for(self, direction: str) -> nn.Module:
         raise NotImplementedError
+
+    # --- learning rate: constant, then linear decay to 0 (the CycleGAN/pix2pix reference schedule) ------------
+
+    def total_g_steps(self) -> int:
+        """G steps in the whole run: trainer.max_steps counts both optimizers' steps, 2 per batch."""
+        trainer = self.trainer
+        if trainer.max_steps and trainer.max_steps > 0:
+            return max(1, trainer.max_steps // 2)
+        return max(1, int(trainer.estimated_stepping_batches))
+
+    def linear_decay(self, optimizers: Sequence[torch.optim.Optimizer], decay_start: float) -> list[Any]:
+        """One LambdaLR per optimizer: constant until `decay_start` (a fraction of the G steps), then linearly
+        to 0 at the end. Subclasses step them once per G step."""
+        total = self.total_g_steps()
+        decay = LinearDecay(total, round(decay_start * total))
+        return [torch.optim.lr_scheduler.LambdaLR(opt, decay) for opt in optimizers]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resume restores the schedulers' step counts; the decay's shape (total, start) follows this run's
+        # trainer.max_steps, so a run resumed with a larger budget decays over the new one.
+        for state in checkpoint.get("lr_schedulers", []):
+            state["lr_lambdas"] = [None] * len(state.get("lr_lambdas", []))
 
     def _check_direction(self, direction: str) -> None:
         if direction not in self.directions:
@@ -96,9 +165,10 @@ class ImageTranslation(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not len(self._val_volumes):
             return
-        names = tissue_names(getattr(self.trainer, "datamodule", None))
-        per_patient = [synthrad_metrics(v["ct"], v["sct"], v["mask"], v.get("tissue"), names)
-                       for _, v in self._val_volumes.volumes() if v["mask"].any()]  # skip body-free stubs
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = tissue_names(datamodule)
+        volumes = (on_original_grid(datamodule, p, v) for p, v in self._val_volumes.volumes())
+        per_patient = [score_volume(v, names) for v in volumes if v["mask"].any()]  # skip body-free stubs
         self._val_volumes.clear()
         if per_patient:
             self.log_dict({f"val/{k}": v for k, v in mean_over_patients(per_patient).items()})
