@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conftest import compose_experiment, run_dirs, run_ganlab
 from ganlab.errors import GanlabError
-from ganlab.models.progan import ProGAN, real_at
+from ganlab.models.progan import ProGAN, ema_beta, real_at
 from ganlab.models.progan_schedule import GrowthSchedule
 from ganlab.nets.progan import (EqualizedConv2d, EqualizedLinear, PixelNorm, ProGANDiscriminator,
                                 ProGANGenerator)
@@ -137,6 +137,37 @@ def test_schedule_math_by_hand():
 def test_schedule_refuses_missing_batch_sizes():
     with pytest.raises(GanlabError, match=r"model.batch_sizes=\[8, 8\].*\[4, 8, 16\]"):
         GrowthSchedule(16, 10, 10, (8, 8))
+
+
+# --- EMA generator ----------------------------------------------------------------------------------------
+def test_ema_beta_schedule_by_hand():
+    # Half-life = min(ema_kimg * 1000, images_seen * ema_rampup) images; beta = 0.5 ** (batch / half_life).
+    assert ema_beta(0, 32, ema_kimg=10, ema_rampup=0.05) == 0.0  # step one copies G
+    assert ema_beta(640, 32, 10, 0.05) == pytest.approx(0.5)  # half-life 640 * 0.05 = 32 images = one batch
+    assert ema_beta(1280, 32, 10, 0.05) == pytest.approx(math.sqrt(0.5))  # 64 images: two batches
+    assert ema_beta(12_800, 16, 10, 0.05) == pytest.approx(0.5 ** (16 / 640))  # still ramping: 640 < 10,000
+    assert ema_beta(200_000, 32, 10, 0.05) == pytest.approx(0.5 ** (32 / 10_000))  # 10k < 200k * 0.05: capped
+    assert ema_beta(0, 32, 10, None) == pytest.approx(0.5 ** 0.0032)  # no ramp-up: the full half-life at once
+    # The name's promise: after half_life / batch steps at a fixed beta, a weight's old value keeps half its say.
+    assert ema_beta(10**6, 20, 10, 0.05) ** 500 == pytest.approx(0.5)
+    # Counting images, not steps: the same images in batches of 8 or 32 decay the average equally.
+    assert ema_beta(10**6, 8, 10, 0.05) ** 4 == pytest.approx(ema_beta(10**6, 32, 10, 0.05))
+
+
+def test_ema_generator_follows_g_with_the_scheduled_beta():
+    g, d = _nets()
+    model = ProGAN(g, d, stabilize_images=10, fade_images=10, batch_sizes=[16, 8, 8, 8], ema_kimg=10, ema_rampup=0.05)
+    with torch.no_grad():
+        for p in model.generator.parameters():
+            p.add_(1.0)
+    old = [p.clone() for p in model.generator_ema.parameters()]
+    model.images_seen.fill_(640)  # half-life 32 images: one step of 32 images halves the gap
+    model._update_ema(32)
+    for ema, before, param in zip(model.generator_ema.parameters(), old, model.generator.parameters()):
+        torch.testing.assert_close(ema, (before + param) / 2)
+    assert ProGAN(*_nets(), stabilize_images=10, fade_images=10, batch_sizes=[8] * 4, ema_kimg=0).generator_ema is None
+    with pytest.raises(GanlabError, match=r"model.ema_kimg >= 0, model.ema_rampup > 0 or null.*got -1"):
+        ProGAN(*_nets(), stabilize_images=10, fade_images=10, batch_sizes=[8] * 4, ema_kimg=-1)
 
 
 TINY_PROGAN = [

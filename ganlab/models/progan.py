@@ -2,7 +2,8 @@
 
 The stage (resolution, fade alpha) is a pure function of one saved counter, ``images_seen``: the number of
 real images D has been shown (``ganlab.models.progan_schedule``). Each iteration: one D step, one G step,
-then the EMA generator (0.999, warmed up) follows G. Loss: WGAN-GP plus the paper's drift term,
+then the EMA generator follows G with a half-life counted in images (``ema_beta``). Loss: WGAN-GP plus the
+paper's drift term,
 
     L_D = E[D(G(z))] - E[D(x)] + gp_lambda * E[(||grad D(x_hat)|| - 1)^2] + eps_drift * E[D(x)^2]
     L_G = -E[D(G(z))]
@@ -37,6 +38,18 @@ from ganlab.models.progan_schedule import GrowthSchedule, Stage
 from ganlab.nets.progan import ProGANDiscriminator, ProGANGenerator
 
 
+def ema_beta(images_seen: int, batch_size: int, ema_kimg: float, ema_rampup: float | None) -> float:
+    """The EMA decay for one G step of ``batch_size`` images, as in StyleGAN2-ADA: the average has a half-life
+    of ``ema_kimg`` thousand images, capped at ``images_seen * ema_rampup`` while the run is young, so
+    beta = 0.5 ** (batch_size / half_life). Counting images (not steps) keeps the average's memory the same
+    whatever the batch size; the ramp-up lets a short CPU run (or freshly faded-in blocks early on) follow G
+    instead of holding on to the random initial weights, which a fixed 0.999 did for ~1,000 steps."""
+    half_life = ema_kimg * 1000.0
+    if ema_rampup is not None:
+        half_life = min(half_life, images_seen * ema_rampup)
+    return 0.5 ** (batch_size / max(half_life, 1e-8))
+
+
 def real_at(images: Tensor, resolution: int, alpha: float = 1.0) -> Tensor:
     """Full-size reals -> the stage's input: average-pooled to ``resolution`` and, while fading (alpha < 1),
     blended with their half-resolution version upsampled back: lerp(up(pool(x)), x, alpha)."""
@@ -60,7 +73,8 @@ class ProGAN(pl.LightningModule):
         betas: Sequence[float] = (0.0, 0.99),
         gp_lambda: float = 10.0,
         eps_drift: float = 1e-3,
-        ema_decay: float = 0.999,
+        ema_kimg: float = 10.0,
+        ema_rampup: float | None = 0.05,
         num_fixed_samples: int = 64,
         fixed_noise_seed: int = 1234,
     ) -> None:
@@ -73,12 +87,13 @@ class ProGAN(pl.LightningModule):
         if tuple(generator.out_shape) != tuple(discriminator.in_shape):
             raise GanlabError(f"model.generator makes {list(generator.out_shape)} but model.discriminator expects "
                               f"{list(discriminator.in_shape)}")
-        if not 0 <= ema_decay < 1 or gp_lambda < 0 or eps_drift < 0 or lr <= 0:
-            raise GanlabError(f"need 0 <= model.ema_decay < 1, model.gp_lambda >= 0, model.eps_drift >= 0, "
-                              f"model.lr > 0; got {ema_decay}, {gp_lambda}, {eps_drift}, {lr}")
+        if ema_kimg < 0 or (ema_rampup is not None and ema_rampup <= 0) or gp_lambda < 0 or eps_drift < 0 or lr <= 0:
+            raise GanlabError(f"need model.ema_kimg >= 0, model.ema_rampup > 0 or null, model.gp_lambda >= 0, "
+                              f"model.eps_drift >= 0, model.lr > 0; got {ema_kimg}, {ema_rampup}, {gp_lambda}, "
+                              f"{eps_drift}, {lr}")
         self.schedule = GrowthSchedule(generator.out_shape[-1], stabilize_images, fade_images, tuple(batch_sizes))
         self.generator, self.discriminator = generator, discriminator
-        self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_decay > 0 else None
+        self.generator_ema = copy.deepcopy(generator).requires_grad_(False) if ema_kimg > 0 else None
         self.latent_dim: int = generator.latent_dim
         self.num_classes, self.pack = 0, 1
         rng = torch.Generator().manual_seed(fixed_noise_seed)
@@ -188,7 +203,7 @@ class ProGAN(pl.LightningModule):
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss_g)
             opt_g.step()
-        self._update_ema()
+        self._update_ema(n * self.trainer.world_size)
         self.images_seen += n * self.trainer.world_size
 
         self.log_dict({"train/loss_d": loss_d.detach(), "train/loss_g": loss_g.detach(),
@@ -199,15 +214,13 @@ class ProGAN(pl.LightningModule):
                        "train/kimg": int(self.images_seen) / 1000.0})
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
-        """G_ema <- beta * G_ema + (1 - beta) * G, with beta = min(ema_decay, (1 + t) / (10 + t)) after t G steps
-        (TensorFlow's num_updates warm-up): early on, and in short runs, the average follows G instead of
-        remembering the random initial weights for ~1/(1 - ema_decay) steps. t comes from the restored step
-        counter, so the warm-up resumes exactly."""
+    def _update_ema(self, images: int) -> None:
+        """G_ema <- beta * G_ema + (1 - beta) * G, beta from ``ema_beta`` at the image count before this step
+        (``images``: this step's batch over all ranks). The count is a saved buffer, so the ramp-up resumes exactly."""
         if self.generator_ema is None:
             return
-        t = self.trainer.global_step // 2  # D + G: two optimizer steps per iteration
-        beta = min(self.hparams.ema_decay, (1 + t) / (10 + t))
+        hp = self.hparams
+        beta = ema_beta(int(self.images_seen), images, hp.ema_kimg, hp.ema_rampup)
         for ema, param in zip(self.generator_ema.parameters(), self.generator.parameters()):
             ema.lerp_(param, 1.0 - beta)
 
