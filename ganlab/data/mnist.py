@@ -14,13 +14,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ganlab.data.idx import read_idx, write_idx
-from ganlab.data.loaders import split_loader
+from ganlab.data.loaders import SplitDataModule
 from ganlab.errors import GanlabError
 
 SPLITS = {"train": "train", "val": "t10k"}
@@ -121,7 +120,7 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
-class MNISTDataModule(pl.LightningDataModule):
+class MNISTDataModule(SplitDataModule):
     def __init__(
         self,
         root: str | None = None,
@@ -170,12 +169,3 @@ class MNISTDataModule(pl.LightningDataModule):
                     rows = slice(round(self.train_range[0] * n), round(self.train_range[1] * n))
                     images, labels = images[rows], labels[rows]
                 self.datasets[split] = ImageDataset(resize_uint8(images, self.image_size), labels)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return split_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers, self.pin_memory)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ganlab.data.pcam_fixture import SIZE, SPLIT_FILES, file_names, write_pcam_fixture
-from ganlab.data.loaders import split_loader
+from ganlab.data.loaders import SplitDataModule
 from ganlab.errors import GanlabError
 
 X_SHAPE = (SIZE, SIZE, 3)
@@ -183,7 +182,7 @@ def materialize_fixture(cache_dir: Path, n_per_split: int, seed: int, storage: s
     return root
 
 
-class PCamDataModule(pl.LightningDataModule):
+class PCamDataModule(SplitDataModule):
     def __init__(
         self,
         root: str | None = None,
@@ -231,15 +230,3 @@ class PCamDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self._build()
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return split_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers, self.pin_memory)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
