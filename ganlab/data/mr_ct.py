@@ -18,14 +18,13 @@ from typing import Any, Mapping
 
 import nibabel as nib
 import numpy as np
-import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from ganlab.data.intensity import MR_METHODS
 from ganlab.data.phantom import TISSUES, write_phantom_dataset
 from ganlab.data.slices import Crop, ImageSlices, PairedSlices, UnpairedSlices, VolumeSlices, restack
 from ganlab.data.volumes import Patient, VolumeCache, find_patients, load_patient
-from ganlab.data.loaders import split_loader
+from ganlab.data.loaders import SplitDataModule
 from ganlab.errors import GanlabError
 
 PHANTOM_DEFAULTS = {"n_patients": 12, "shape": (64, 64, 24), "seed": 0}
@@ -49,7 +48,7 @@ def split_patients(ids: list[str], val: int | float, seed: int = 0) -> tuple[lis
     return [i for i in ids if i not in val_ids], val_ids
 
 
-class MRCTDataModule(pl.LightningDataModule):
+class MRCTDataModule(SplitDataModule):
     def __init__(
         self,
         root: str | None = None,
@@ -159,14 +158,8 @@ class MRCTDataModule(pl.LightningDataModule):
         self.datasets = {"train": train, "val": val}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        self.setup()
-        return split_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers, self.pin_memory)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        self.setup()  # loaders may be asked for before Lightning's setup (sampling, tests)
+        return super()._loader(split, shuffle)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
