@@ -35,8 +35,12 @@ def compose_experiment(experiment: str):
 
 def tiny_overrides(experiment: str) -> list[str]:
     """`+debug=fast` plus the smallest widths each of the experiment's networks accepts."""
-    model = compose_experiment(experiment).model
+    cfg = compose_experiment(experiment)
+    model = cfg.model
     overrides = ["+debug=fast"]
+    if cfg.trainer.get("accelerator") == "gpu":  # the *_gpu experiments, on this CPU: small phantom, no workers
+        overrides += ["trainer=cpu", "data.num_workers=0", "data.pin_memory=false", "data.batch_size=2",
+                      f"data.phantom.shape=[{cfg.data.image_size},{cfg.data.image_size},6]"]
     for key in ("generator", "discriminator", "net", "g_ab", "g_ba", "d_a", "d_b"):
         node = model.get(key)
         if node is None:

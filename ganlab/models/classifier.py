@@ -45,7 +45,7 @@ class Classifier(pl.LightningModule):
         logits = self.net(batch["image"])
         loss = F.cross_entropy(logits, batch["label"])
         self.train_acc(logits, batch["label"])
-        self.log_dict({"train/loss": loss.detach(), "train/acc": self.train_acc}, prog_bar=True)
+        self.log_dict({"train/loss": loss.detach(), "train/acc": self.train_acc})
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -124,7 +124,7 @@ class CycleGAN(ImageTranslation):
             scheduler.step()
 
         self.log_dict({"train/loss_d": loss_d.detach(), **{f"train/{k}": v.detach() for k, v in {**d, **g}.items()},
-                       "train/lr": float(opt_g.param_groups[0]["lr"])}, prog_bar=True)
+                       "train/lr": float(opt_g.param_groups[0]["lr"])})
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["image_pools"] = {"a": self.pool_a.state_dict(), "b": self.pool_b.state_dict()}

@@ -15,7 +15,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from ganlab.nets.layers import check_labels
 from ganlab.losses import discriminator_probability, get_loss, gradient_penalty, r1_penalty
+from ganlab.perf.cuda_graph import StepGraph, count_optimizer_steps
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -57,6 +59,8 @@ class GAN(pl.LightningModule):
         self.register_buffer("fixed_z", torch.randn(num_fixed_samples, self.latent_dim, generator=rng))
         self.register_buffer("fixed_y", torch.arange(num_fixed_samples) % max(self.num_classes, 1))
         self.register_buffer("d_steps", torch.zeros((), dtype=torch.long))
+        # Set by the Performance callback (perf.cuda_graph): replays the whole training iteration.
+        self.step_graph: StepGraph | None = None
 
     def _validate(self, generator: nn.Module, discriminator: nn.Module) -> None:
         hp = self.hparams
@@ -115,19 +119,32 @@ class GAN(pl.LightningModule):
     def _labels(self, batch: dict[str, Tensor]) -> Tensor | None:
         return batch["label"] if self.num_classes else None
 
-    def _log_scores(self, prefix: str, real_out: Tensor, fake_out: Tensor, **kwargs: Any) -> None:
+    def _scores(self, prefix: str, real_out: Tensor, fake_out: Tensor) -> dict[str, Tensor]:
         if self.loss.outputs_logits:
-            scores = {f"{prefix}/D(x)": discriminator_probability(real_out),
-                      f"{prefix}/D(G(z))": discriminator_probability(fake_out)}
-        else:  # hinge / WGAN / LSGAN outputs are scores, not logits of a probability
-            scores = {f"{prefix}/D_score(x)": real_out.detach().mean(),
-                      f"{prefix}/D_score(G(z))": fake_out.detach().mean()}
-        self.log_dict(scores, **kwargs)
+            return {f"{prefix}/D(x)": discriminator_probability(real_out),
+                    f"{prefix}/D(G(z))": discriminator_probability(fake_out)}
+        # hinge / WGAN / LSGAN outputs are scores, not logits of a probability
+        return {f"{prefix}/D_score(x)": real_out.detach().mean(), f"{prefix}/D_score(G(z))": fake_out.detach().mean()}
+
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if batch_idx == 0 and self.num_classes:  # the networks check label ranges on the CPU only (no sync)
+            check_labels(type(self.generator).__name__, batch["label"].cpu(), self.num_classes, len(batch["label"]))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        hp = self.hparams
-        opt_g, opt_d = self.optimizers()
         real, y = batch["image"], self._labels(batch)
+        if self.step_graph is not None:  # the whole iteration as one CUDA graph (ganlab.perf.cuda_graph)
+            logs = self.step_graph({"real": real} if y is None else {"real": real, "y": y})
+            count_optimizer_steps(self.trainer, 2)
+        else:
+            opt_g, opt_d = self.optimizers()
+            logs = self.iteration(real, y, opt_g, opt_d, self.manual_backward)
+        # Per-step values stay tensors (no host sync); the progress bar reads them every few steps.
+        self.log_dict(logs)
+
+    def iteration(self, real: Tensor, y: Tensor | None, opt_g: Any, opt_d: Any,
+                  backward: Callable[[Tensor], None]) -> dict[str, Tensor]:
+        """One D step, then (every n_critic D steps) one G step; returns the values to log."""
+        hp = self.hparams
         fake = self.generator(self.sample_z(real.shape[0]), y)
         logs: dict[str, Tensor] = {}
 
@@ -145,7 +162,7 @@ class GAN(pl.LightningModule):
                 logs["train/r1_penalty"] = r1.detach()
                 loss_d = loss_d + 0.5 * hp.r1_gamma * r1
             opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss_d)
+            backward(loss_d)
             opt_d.step()
         self.d_steps += 1
         logs["train/loss_d"] = loss_d.detach()
@@ -156,13 +173,31 @@ class GAN(pl.LightningModule):
             with self.toggled_optimizer(opt_g):
                 loss_g = self.loss.g_loss(self.discriminator(fake, y))
                 opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(loss_g)
+                backward(loss_g)
                 opt_g.step()
             self._update_ema()
             logs["train/loss_g"] = loss_g.detach()
+        return {**logs, **self._scores("train", real_out, fake_out)}
 
-        self.log_dict(logs, prog_bar=True)
-        self._log_scores("train", real_out, fake_out, prog_bar=True)
+    def cuda_graph_unsupported(self) -> str | None:
+        """Why the training iteration cannot be one CUDA graph, or None if it can."""
+        if self.hparams.n_critic != 1:
+            return (f"model.n_critic={self.hparams.n_critic}: the G step depends on a step counter read on the host, "
+                    "which a CUDA graph cannot replay")
+        return None
+
+    def capture_step(self) -> StepGraph:
+        """The training iteration as a CUDA graph (see ganlab.perf.cuda_graph), on the raw optimizers."""
+        opt_g, opt_d = (opt.optimizer for opt in self.optimizers())
+
+        def step(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+            return self.iteration(inputs["real"], inputs.get("y"), opt_g, opt_d, Tensor.backward)
+
+        def reset_grads() -> None:  # a failed capture may leave gradients in the discarded graph's memory
+            opt_g.zero_grad(set_to_none=True)
+            opt_d.zero_grad(set_to_none=True)
+
+        return StepGraph(step, on_capture_failure=reset_grads)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -180,7 +215,7 @@ class GAN(pl.LightningModule):
         y = None if y is None else y[:keep]
         fake = self.generate(self.sample_z(keep), y)
         # sync_dist: under DDP each rank scores its own shard; the logged value is the mean over ranks.
-        self._log_scores("val", self.discriminator(real, y), self.discriminator(fake, y), sync_dist=True)
+        self.log_dict(self._scores("val", self.discriminator(real, y), self.discriminator(fake, y)), sync_dist=True)
         return {"real": real, "fake": fake}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -116,4 +116,4 @@ class Pix2Pix(ImageTranslation):
             scheduler.step()
 
         self.log_dict({"train/loss_d": loss_d.detach(), **{f"train/{k}": v.detach() for k, v in g.items()},
-                       "train/lr": float(opt_g.param_groups[0]["lr"])}, prog_bar=True)
+                       "train/lr": float(opt_g.param_groups[0]["lr"])})

@@ -62,6 +62,10 @@ def real_at(images: Tensor, resolution: int, alpha: float = 1.0) -> Tensor:
 
 
 class ProGAN(pl.LightningModule):
+    # The active blocks and the fade-in weight change with the image count: a compiled network would be
+    # recompiled at every stage (and alpha is a Python float), so perf.compile leaves ProGAN eager.
+    supports_compile = False
+
     def __init__(
         self,
         generator: ProGANGenerator,
@@ -207,8 +211,7 @@ class ProGAN(pl.LightningModule):
         self.images_seen += n * self.trainer.world_size
 
         self.log_dict({"train/loss_d": loss_d.detach(), "train/loss_g": loss_g.detach(),
-                       "train/D_score(x)": real_out.detach().mean(), "train/D_score(G(z))": fake_out.detach().mean()},
-                      prog_bar=True)
+                       "train/D_score(x)": real_out.detach().mean(), "train/D_score(G(z))": fake_out.detach().mean()})
         self.log_dict({"train/gradient_penalty": gp.detach(), "train/drift": drift.detach(),
                        "train/resolution": float(stage.resolution), "train/alpha": float(stage.alpha),
                        "train/kimg": int(self.images_seen) / 1000.0})

@@ -19,11 +19,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ganlab import __version__
 from ganlab.errors import GanlabError
 from ganlab.callbacks.distributed import PerRankSeed
+from ganlab.callbacks.performance import resolve_precision
 from ganlab.callbacks.signals import SignalCheckpoint
 from ganlab.runs import (CHECKPOINT_DIR, CONFIG_FILE, load_checkpoint, resolve_run, resumable_checkpoint,
                          update_manifest, write_yaml_atomic)
@@ -125,7 +127,12 @@ def train(cfg: DictConfig) -> Path | float:
         del resume_ckpt
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks")) + [PerRankSeed(cfg.seed)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.get("perf"):
+        callbacks.append(instantiate(cfg.perf))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      precision=resolve_precision(cfg.trainer))
 
     if rank_zero_only.rank == 0:
         write_yaml_atomic(run_dir / CONFIG_FILE, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
@@ -165,6 +172,7 @@ def train(cfg: DictConfig) -> Path | float:
             global_step=trainer.global_step,
             last_checkpoint=str(last.relative_to(run_dir)),
             metrics=metrics,
+            perf=getattr(trainer, "perf_report", None),
             **({"stopped_by": stopped_by} if stopped_by else {}),
         )
         print(f"ganlab train: {status}{' by ' + stopped_by if stopped_by else ''} at step {trainer.global_step}; "

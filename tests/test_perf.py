@@ -1,0 +1,176 @@
+"""Speed options: torch.compile with per-network fallback, the Performance callback, no per-step syncs.
+
+CUDA-only behaviour (whole-step CUDA graphs, no host sync in steady state) is tested at the bottom and runs
+where a GPU is present (scripts/bench_gpu.sh runs this file there)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch._dynamo.backends.common import aot_autograd
+from torch.utils.data import DataLoader
+
+from conftest import manifest, run_dirs, run_ganlab, tiny_overrides
+from ganlab.callbacks.performance import Performance, resolve_precision, trainable_networks
+from ganlab.callbacks.progress import TrainProgressBar
+from ganlab.errors import GanlabError
+from ganlab.models.gan import GAN
+from ganlab.nets.mlp import MLPDiscriminator, MLPGenerator
+from ganlab.perf.compile import CompiledNetworks
+
+
+def _planted_backward_failure():
+    """A compiler backend whose backward compiler fails on graphs that hold a tanh (the 'bad' net's)."""
+    def forward_compiler(gm, example_inputs):
+        return gm
+
+    def backward_compiler(gm, example_inputs):
+        if any("tanh" in str(node.target) for node in gm.graph.nodes):
+            raise RuntimeError("planted backward compile failure")
+        return gm
+    return aot_autograd(fw_compiler=forward_compiler, bw_compiler=backward_compiler)
+
+
+def test_a_network_whose_backward_fails_to_compile_stays_eager_and_the_probe_leaves_no_trace():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    ok = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    bad = nn.Sequential(nn.Linear(5, 3), nn.Tanh())
+    x, v = torch.randn(4, 1, 6, 6), torch.randn(4, 5)
+    compiler = CompiledNetworks({"ok": ok, "bad": bad}, backend=_planted_backward_failure())
+    compiler.record()
+    (ok(x).sum() + bad(v).sum()).backward()  # the recorded eager step
+    grads = [p.grad.clone() for p in [*ok.parameters(), *bad.parameters()]]
+    stats = ok[1].running_mean.clone(), ok[1].num_batches_tracked.clone()
+    rng = torch.get_rng_state()
+
+    with pytest.warns(UserWarning, match="torch.compile failed for bad .*planted backward compile failure"):
+        compiler.finish()
+
+    assert compiler.compiled == ["ok"] and set(compiler.failed) == {"bad"}
+    assert "forward" not in vars(bad) and "forward" in vars(ok)  # bad: plain nn.Module call again
+    assert all(torch.equal(p.grad, g) for p, g in zip([*ok.parameters(), *bad.parameters()], grads))
+    assert torch.equal(ok[1].running_mean, stats[0]) and torch.equal(ok[1].num_batches_tracked, stats[1])
+    assert torch.equal(torch.get_rng_state(), rng)
+    # The compiled network computes what the eager one does (train mode), and eval mode takes the eager path.
+    eager = type(ok).forward.__get__(ok)
+    with torch.no_grad():
+        ok[1].momentum = 0.0  # keep the statistics fixed across the two calls
+        torch.testing.assert_close(ok(x), eager(x))
+    assert set(ok.state_dict()) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
+                                    "1.num_batches_tracked"}  # checkpoints keep their keys
+
+
+def test_performance_options_are_validated_and_auto_means_off_on_cpu():
+    with pytest.raises(GanlabError, match="perf.compile='maybe'"):
+        Performance(compile="maybe")
+    with pytest.raises(GanlabError, match="perf.compile_mode='fastest'"):
+        Performance(compile_mode="fastest")
+    assert resolve_precision({"precision": "auto", "accelerator": "cpu"}) == "32-true"
+    assert resolve_precision({"precision": "16-mixed", "accelerator": "gpu"}) == "16-mixed"
+
+
+def _gan(hidden: int = 16) -> GAN:
+    g = MLPGenerator(latent_dim=4, hidden=[hidden], out_shape=[1, 4, 4])
+    d = MLPDiscriminator(in_shape=[1, 4, 4], hidden=[hidden])
+    return GAN(g, d, ema_decay=0.9)
+
+
+def _loader(n: int = 64, batch: int = 8, pin_memory: bool = False) -> DataLoader:
+    images = torch.rand(n, 1, 4, 4) * 2 - 1
+    return DataLoader([{"image": x} for x in images], batch_size=batch, shuffle=True, drop_last=True,
+                      pin_memory=pin_memory)
+
+
+def test_performance_callback_wires_fused_adam_channels_last_and_compile_on_cpu():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _gan()
+    perf = Performance(compile=True, compile_backend="aot_eager", channels_last=True, fused_optimizer=True)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=8, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[perf])
+    trainer.fit(model, _loader())
+    assert trainer.global_step == 8
+    assert perf.report["compiled"] == ["generator", "discriminator"]
+    assert set(trainable_networks(model)) == {"generator", "discriminator"}  # the EMA copy is not compiled
+    assert all(opt.defaults["fused"] for opt in trainer.optimizers)
+    assert trainer.perf_report["channels_last"] and trainer.perf_report["precision"] == "32-true"
+
+
+def test_per_step_values_are_not_progress_bar_metrics_but_the_bar_shows_them():
+    """Lightning converts prog_bar values to Python numbers at every step (a host sync on a GPU): ganlab logs
+    plain tensors and its bar reads them only when it redraws."""
+    torch.manual_seed(0)
+    model = _gan()
+    bar = TrainProgressBar(refresh_rate=4)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, callbacks=[bar])
+    trainer.fit(model, _loader())
+    assert not any(k.startswith("train/") for k in trainer.progress_bar_metrics)
+    shown = bar.get_metrics(trainer, model)
+    assert {"loss_d", "loss_g", "D(x)"} <= set(shown) and float(shown["loss_d"]) > 0
+
+
+def test_train_with_compile_then_sample_from_its_checkpoint(tmp_path, data_dir):
+    run_ganlab("train", "+experiment=dcgan_mnist", *tiny_overrides("dcgan_mnist"), f"paths.data_dir={data_dir}",
+               "perf.compile=true", "perf.compile_backend=aot_eager", "perf.channels_last=true", cwd=tmp_path)
+    (run_dir,) = run_dirs(tmp_path, "dcgan_mnist")
+    info = manifest(run_dir)
+    assert info["status"] == "completed" and info["perf"]["compiled"] == ["generator", "discriminator"]
+    assert info["perf"]["channels_last"] is True and info["perf"]["cuda_graph"] is False  # no CUDA here
+    proc = run_ganlab("sample", "run=latest", "n=4", cwd=tmp_path)  # state_dict keys unchanged by compile
+    assert "samples" in proc.stdout
+
+
+def test_bad_perf_override_is_one_clear_error(tmp_path):
+    proc = run_ganlab("train", "+debug=fast", "perf.cuda_graph=sometimes", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "perf.cuda_graph='sometimes'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- CUDA only -------------------------------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+class _SyncCounter(pl.Callback):
+    """Counts synchronising CUDA calls in batches [start, stop) with torch's sync debug mode."""
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+        self.caught: list[str] = []
+        self._record = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, idx):
+        if idx == self.start:
+            self._record = warnings.catch_warnings(record=True)
+            self.log = self._record.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, idx):
+        if idx == self.stop - 1 and self._record is not None:
+            torch.cuda.set_sync_debug_mode("default")
+            self._record.__exit__(None, None, None)
+            self.caught = [str(w.message) for w in self.log if "synchroniz" in str(w.message)]
+
+
+@cuda
+@pytest.mark.parametrize("graph", [False, True])
+def test_gan_steps_on_cuda_without_host_syncs_and_the_graph_replays(graph):
+    torch.manual_seed(0)
+    model = _gan(hidden=64)
+    perf = Performance(compile=False, cuda_graph=graph)
+    counter = _SyncCounter(start=6, stop=16)
+    trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=40, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, callbacks=[perf, counter, TrainProgressBar(refresh_rate=25)],
+                         log_every_n_steps=25)
+    before = [p.detach().clone() for p in model.generator.parameters()]
+    trainer.fit(model, _loader(n=256, batch=8, pin_memory=True))
+    assert trainer.global_step == 40  # graph replays count their optimizer steps
+    assert counter.caught == [], counter.caught[:3]
+    assert all(not torch.equal(p.cpu(), b) for p, b in zip(model.generator.parameters(), before))
+    assert perf.report.get("cuda_graph_captured", False) is graph
