@@ -40,6 +40,7 @@ from ganlab.callbacks.performance import Performance, trainable_networks
 from ganlab.callbacks.signals import SignalCheckpoint
 from ganlab.losses import get_loss
 from ganlab.models.image_pool import ImagePool
+from ganlab.perf.compile import CompiledNetworks
 from ganlab.perf.cuda_graph import StepGraph
 
 
@@ -220,9 +221,11 @@ def time_plain(cfg: Any, family: Family, variant: Variant, device: torch.device,
         model.to(memory_format=torch.channels_last)
     model.train()
     plain = Plain(model, family.kind, cfg, {"fused": on["fused_optimizer"], "capturable": on["cuda_graph"]}, device)
-    if on["compile"] and getattr(model, "supports_compile", True):
-        for net in trainable_networks(model).values():
-            net.forward = torch.compile(type(net).forward.__get__(net), **perf.compile_options)
+    # The same compile-with-fallback as ganlab (first step eager and recorded, then compiled and probed).
+    compiler = (CompiledNetworks(trainable_networks(model), **perf.compile_options)
+                if on["compile"] and getattr(model, "supports_compile", True) else None)
+    if compiler is not None:
+        compiler.record()
     precision = variant.precision or _auto_precision(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed",
                               cache_enabled=False)
@@ -233,6 +236,11 @@ def time_plain(cfg: Any, family: Family, variant: Variant, device: torch.device,
     with autocast:
         for i in range(warmup):
             step(batches[i % len(batches)])
+            if i == 0 and compiler is not None:
+                compiler.finish()
+                on["compiled"] = compiler.compiled
+                if compiler.failed:
+                    on["compile_failed"] = compiler.failed
         sync(device)
         start = time.perf_counter()
         for i in range(steps):
@@ -376,11 +384,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--repeats", type=int, default=1, help="alternate plain/ganlab this many times, keep the best")
     parser.add_argument("--out", default=None, help="write a markdown report here")
     parser.add_argument("--json", default=None, help="append one JSON line per row here")
+    parser.add_argument("--render", default=None, help="only turn the rows of this JSON-lines file into --out")
     args = parser.parse_args(argv)
+    command = "python scripts/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.render:
+        with open(args.render) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        report = markdown(rows, f"scripts/bench_gpu.sh (rows of {args.render})")
+        print(report)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(report)
+        return rows
     device = torch.device(args.device)
     families = GPU_FAMILIES if device.type == "cuda" else CPU_FAMILIES
     names = args.families or (list(families) if device.type == "cuda" else ["mlp_gan", "dcgan"])
-    command = "python scripts/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
     for name in names:
         for variant in args.variants:

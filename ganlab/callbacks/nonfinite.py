@@ -45,17 +45,24 @@ class NonFiniteLossGuard(pl.Callback):
             pl_module.log("train/skipped_steps", float(self.skipped))
             return
         step = trainer.global_step
-        for key, value in trainer.callback_metrics.items():
-            if not key.startswith("train/") or "loss" not in key or key.endswith(("_step", "_epoch")):
-                continue
-            value = value.detach().float().reshape(-1)[:1]
-            first = self._first_bad.get(key)
-            if first is None:
-                first = self._first_bad[key] = torch.full((1,), -1, dtype=torch.long, device=value.device)
-                self._first_bad_value[key] = torch.zeros(1, device=value.device)
-            newly_bad = ~torch.isfinite(value) & (first < 0)
-            first.copy_(torch.where(newly_bad, torch.full_like(first, step), first))
-            self._first_bad_value[key].copy_(torch.where(newly_bad, value, self._first_bad_value[key]))
+        # The model's newest per-step values (ganlab.models.step_logging), else what Lightning has logged.
+        logs = getattr(pl_module, "last_train_logs", None) or trainer.callback_metrics
+        keys = sorted(k for k in logs if k.startswith("train/") and "loss" in k and not k.endswith(("_step", "_epoch"))
+                      and isinstance(logs[k], Tensor))
+        if not keys:
+            return
+        # One stacked check for all loss terms: a handful of small kernels per batch, no host sync.
+        values = torch.stack([logs[k].detach().float().reshape(-1)[0] for k in keys])
+        for key in keys:
+            if key not in self._first_bad:
+                self._first_bad[key] = torch.full((), -1, dtype=torch.long, device=values.device)
+                self._first_bad_value[key] = torch.zeros((), device=values.device)
+        first = torch.stack([self._first_bad[k] for k in keys])
+        newly_bad = ~torch.isfinite(values) & (first < 0)
+        first = torch.where(newly_bad, step, first)
+        seen = torch.where(newly_bad, values, torch.stack([self._first_bad_value[k] for k in keys]))
+        for i, key in enumerate(keys):
+            self._first_bad[key], self._first_bad_value[key] = first[i], seen[i]
         if (batch_idx + 1) % self.check_every_n_steps == 0:
             self._raise_if_bad()
 

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from ganlab.models.step_logging import log_train_values
+
 from ganlab.errors import GanlabError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -32,7 +34,6 @@ class Classifier(pl.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer or torch.optim.Adam
         # Metric states are not persistent, so they stay out of the checkpoint's state_dict.
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, x: Tensor) -> Tensor:
@@ -44,8 +45,8 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self.net(batch["image"])
         loss = F.cross_entropy(logits, batch["label"])
-        self.train_acc(logits, batch["label"])
-        self.log_dict({"train/loss": loss.detach(), "train/acc": self.train_acc})
+        accuracy = (logits.detach().argmax(1) == batch["label"]).float().mean()
+        log_train_values(self, {"train/loss": loss.detach(), "train/acc": accuracy})
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

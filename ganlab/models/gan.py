@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from ganlab.models.step_logging import log_train_values
 from ganlab.nets.layers import check_labels
 from ganlab.losses import discriminator_probability, get_loss, gradient_penalty, r1_penalty
 from ganlab.perf.cuda_graph import StepGraph, count_optimizer_steps
@@ -138,8 +139,7 @@ class GAN(pl.LightningModule):
         else:
             opt_g, opt_d = self.optimizers()
             logs = self.iteration(real, y, opt_g, opt_d, self.manual_backward)
-        # Per-step values stay tensors (no host sync); the progress bar reads them every few steps.
-        self.log_dict(logs)
+        log_train_values(self, logs)  # tensors, written every log_every_n_steps batches (no host sync)
 
     def iteration(self, real: Tensor, y: Tensor | None, opt_g: Any, opt_d: Any,
                   backward: Callable[[Tensor], None]) -> dict[str, Tensor]:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ganlab.errors import GanlabError
 from ganlab.losses import get_loss
+from ganlab.models.step_logging import log_train_values
 from ganlab.models.translation import ImageTranslation
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -115,5 +116,5 @@ class Pix2Pix(ImageTranslation):
         for scheduler in self.lr_schedulers():  # per G step
             scheduler.step()
 
-        self.log_dict({"train/loss_d": loss_d.detach(), **{f"train/{k}": v.detach() for k, v in g.items()},
-                       "train/lr": float(opt_g.param_groups[0]["lr"])})
+        log_train_values(self, {"train/loss_d": loss_d.detach(), **{f"train/{k}": v.detach() for k, v in g.items()},
+                                "train/lr": float(opt_g.param_groups[0]["lr"])})

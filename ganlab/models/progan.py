@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ganlab.errors import GanlabError
 from ganlab.losses import d_loss_wasserstein, g_loss_score, gradient_penalty
+from ganlab.models.step_logging import log_train_values
 from ganlab.models.progan_schedule import GrowthSchedule, Stage
 from ganlab.nets.progan import ProGANDiscriminator, ProGANGenerator
 
@@ -210,11 +211,12 @@ class ProGAN(pl.LightningModule):
         self._update_ema(n * self.trainer.world_size)
         self.images_seen += n * self.trainer.world_size
 
-        self.log_dict({"train/loss_d": loss_d.detach(), "train/loss_g": loss_g.detach(),
-                       "train/D_score(x)": real_out.detach().mean(), "train/D_score(G(z))": fake_out.detach().mean()})
-        self.log_dict({"train/gradient_penalty": gp.detach(), "train/drift": drift.detach(),
-                       "train/resolution": float(stage.resolution), "train/alpha": float(stage.alpha),
-                       "train/kimg": int(self.images_seen) / 1000.0})
+        log_train_values(self, {"train/loss_d": loss_d.detach(), "train/loss_g": loss_g.detach(),
+                                "train/D_score(x)": real_out.detach().mean(),
+                                "train/D_score(G(z))": fake_out.detach().mean(),
+                                "train/gradient_penalty": gp.detach(), "train/drift": drift.detach(),
+                                "train/resolution": float(stage.resolution), "train/alpha": float(stage.alpha),
+                                "train/kimg": int(self.images_seen) / 1000.0})
 
     @torch.no_grad()
     def _update_ema(self, images: int) -> None:

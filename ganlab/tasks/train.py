@@ -25,7 +25,6 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from ganlab import __version__
 from ganlab.errors import GanlabError
 from ganlab.callbacks.distributed import PerRankSeed
-from ganlab.callbacks.performance import resolve_precision
 from ganlab.callbacks.signals import SignalCheckpoint
 from ganlab.runs import (CHECKPOINT_DIR, CONFIG_FILE, load_checkpoint, resolve_run, resumable_checkpoint,
                          update_manifest, write_yaml_atomic)
@@ -131,8 +130,7 @@ def train(cfg: DictConfig) -> Path | float:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if cfg.get("perf"):
         callbacks.append(instantiate(cfg.perf))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      precision=resolve_precision(cfg.trainer))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     if rank_zero_only.rank == 0:
         write_yaml_atomic(run_dir / CONFIG_FILE, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
