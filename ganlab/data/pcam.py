@@ -9,7 +9,9 @@ Why not torchvision.datasets.PCAM: it opens both files for every sample. Here ea
 once (lazily, again after a fork), labels are read once into memory, and a batch is read in sorted index
 order (`__getitems__`, which DataLoader calls with a batch's indices): contiguous uncompressed images as
 one fancy-index copy from a numpy memory map, chunked ones as one h5py slice per run of consecutive
-indices. 4-12x torchvision's throughput (benchmarks/pcam_loader.md).
+indices, or, for whole-image gzip chunks, as one inflate per needed chunk (`h5_chunks`, on a few threads
+as cores allow). Sorting only orders the reads inside a batch; which samples form a batch is the sampler's choice.
+Throughput against torchvision: benchmarks/data_pipeline.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ganlab.data.h5_chunks import ChunkReader, whole_row_chunks
 from ganlab.data.pcam_fixture import SIZE, SPLIT_FILES, file_names, write_pcam_fixture
 from ganlab.data.loaders import SplitDataModule
 from ganlab.errors import GanlabError
@@ -105,6 +108,7 @@ class PCamDataset(Dataset):
         self._pid: int | None = None
         self._images: np.ndarray | h5py.Dataset | None = None
         self._handle: h5py.File | None = None
+        self._chunks: ChunkReader | None = None
 
     @property
     def uses_memmap(self) -> bool:
@@ -116,7 +120,7 @@ class PCamDataset(Dataset):
 
     def __getstate__(self) -> dict:
         # Open handles never travel to worker processes; each opens its own on first use.
-        return {**self.__dict__, "_pid": None, "_images": None, "_handle": None}
+        return {**self.__dict__, "_pid": None, "_images": None, "_handle": None, "_chunks": None}
 
     def images(self) -> np.ndarray | h5py.Dataset:
         """The image array of this process, opened once (again in a forked worker: the pid changed)."""
@@ -127,6 +131,7 @@ class PCamDataset(Dataset):
             else:
                 self._handle = h5py.File(self.x_path, "r")
                 self._images = self._handle["x"]
+                self._chunks = ChunkReader(self._images) if whole_row_chunks(self._images) else None
             self._pid = os.getpid()
         return self._images
 
@@ -139,6 +144,8 @@ class PCamDataset(Dataset):
         images = self.images()
         if isinstance(images, np.ndarray):  # memory map: one fancy-index copy
             block = images[unique]
+        elif self._chunks is not None:  # whole-image gzip chunks: inflate each needed chunk once
+            block = self._chunks.read(unique)
         else:  # h5py: one slice per run of consecutive indices (its fancy indexing is ~100x slower)
             block = np.empty((len(unique), *X_SHAPE), dtype=np.uint8)
             starts = np.flatnonzero(np.diff(unique, prepend=-2) != 1)
