@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite in one go (~8 min on one H100, most of it torch.compile): the CUDA-only tests, training
+# The GPU benchmark suite in one go (~7 min on one H100, half of it torch.compile): the CUDA-only tests, training
 # speed of every model family (ganlab through Lightning vs the plain loop: scripts/bench_train.py), then the data
 # pipelines and occlusion vs Captum (scripts/bench_data.py). Each part has its own time limit, so one slow or
 # failing part cannot take the others down.
 #   bash scripts/bench_gpu.sh [out_dir]        # default benchmarks/gpu; report: <out_dir>/train_speed.md
-#   PARTS="cyclegan reference" bash scripts/bench_gpu.sh    # some parts only (tests fast cyclegan pix2pix
-#                                                           # reference data)
+#   PARTS="cyclegan reference" bash scripts/bench_gpu.sh    # some parts only (tests fast cyclegan
+#                                                           # cyclegan-eager pix2pix reference data profile)
 set -u
 OUT_DIR=${1:-benchmarks/gpu}
 PY=${PYTHON:-python3}
@@ -22,18 +22,21 @@ part() {  # part <seconds> <command...>
     echo "== exit $? after $((SECONDS - start)) s"
 }
 ROWS="$OUT_DIR/train_rows.jsonl"
-PARTS=${PARTS:-tests fast cyclegan pix2pix data}
+PARTS=${PARTS:-tests fast cyclegan pix2pix reference data profile}
+B="$PY scripts/bench_train.py --device cuda --json $ROWS"
 for p in $PARTS; do case $p in
-  tests) part 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_perf.py -k cuda ;;
-  fast) part 90 "$PY" scripts/bench_train.py --device cuda --families mlp_gan dcgan --variants default eager-fp32 \
-            --json "$ROWS" ;;
-  cyclegan) part 210 "$PY" scripts/bench_train.py --device cuda --families cyclegan --variants eager-bf16 default \
-            --json "$ROWS" ;;
-  pix2pix) part 120 "$PY" scripts/bench_train.py --device cuda --families pix2pix --variants eager-bf16 default \
-            --json "$ROWS" ;;
-  reference) part 90 "$PY" scripts/bench_train.py --device cuda --families cyclegan pix2pix mlp_gan \
-            --variants eager-fp32-b1 --json "$ROWS" ;;
-  data) part 60 "$PY" scripts/bench_data.py --device cuda --quick --out "$OUT_DIR/data_pipeline.md" ;;
+  tests) part 40 "$PY" -m pytest -q -p no:cacheprovider tests/test_perf.py -k cuda ;;
+  # MLP GAN and DCGAN: ganlab's GPU defaults (compile + whole-step CUDA graph + bf16) and eager fp32.
+  fast) part 100 $B --families mlp_gan dcgan --variants default eager-fp32 ;;
+  cyclegan) part 150 $B --families cyclegan --variants default ;;
+  cyclegan-eager) part 60 $B --families cyclegan --variants eager-bf16 ;;
+  pix2pix) part 90 $B --families pix2pix --variants default ;;
+  # The references as they ship: fp32, batch 1, no compile.
+  reference) part 40 $B --families cyclegan pix2pix --variants eager-fp32-b1 --warmup 3 --steps 10 ;;
+  data) part 50 "$PY" scripts/bench_data.py --device cuda --quick --out "$OUT_DIR/data_pipeline.md" ;;
+  # Where a CycleGAN / pix2pix step spends its time (eager bf16, plain loop): top kernels.
+  profile) part 40 $B --families cyclegan pix2pix --variants eager-bf16 --sides plain --warmup 2 --steps 2 \
+            --profile 2 --json /dev/null ;;
 esac; done
 "$PY" scripts/bench_train.py --render "$ROWS" --out "$OUT_DIR/train_speed.md" > /dev/null
 cat "$OUT_DIR/train_speed.md"

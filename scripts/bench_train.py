@@ -246,9 +246,28 @@ def time_plain(cfg: Any, family: Family, variant: Variant, device: torch.device,
         for i in range(steps):
             out = step(batches[i % len(batches)])
         sync(device)
-    elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        if PROFILE_STEPS:
+            print_profile(step, batches, device)
     return {"seconds": elapsed, "steps": steps, "settings": on, "precision": precision,
             "finite": bool(all(torch.isfinite(v).all() for v in out.values()))}
+
+
+PROFILE_STEPS = 0  # --profile N: kernel table of N plain steps after timing
+
+
+def print_profile(step: Callable[[dict[str, Tensor]], Any], batches: list[dict[str, Tensor]],
+                  device: torch.device) -> None:
+    """Where the time of a step goes: the top kernels by device time (CPU time on a CPU)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for i in range(PROFILE_STEPS):
+            step(batches[i % len(batches)])
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=70))
 
 
 def _auto_precision(device: torch.device) -> str:
@@ -384,6 +403,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--repeats", type=int, default=1, help="alternate plain/ganlab this many times, keep the best")
     parser.add_argument("--out", default=None, help="write a markdown report here")
     parser.add_argument("--json", default=None, help="append one JSON line per row here")
+    parser.add_argument("--profile", type=int, default=0, help="print a kernel table of this many plain steps")
     parser.add_argument("--render", default=None, help="only turn the rows of this JSON-lines file into --out")
     args = parser.parse_args(argv)
     command = "python scripts/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -396,6 +416,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             with open(args.out, "w") as f:
                 f.write(report)
         return rows
+    global PROFILE_STEPS
+    PROFILE_STEPS = args.profile
     device = torch.device(args.device)
     families = GPU_FAMILIES if device.type == "cuda" else CPU_FAMILIES
     names = args.families or (list(families) if device.type == "cuda" else ["mlp_gan", "dcgan"])

@@ -125,6 +125,8 @@ def test_sigint_saves_at_batch_end_stops_and_restores_the_handler(tmp_path):
 
 def test_a_second_ctrl_c_stops_at_once():
     before = signal.getsignal(signal.SIGINT)
+    # Python's own Ctrl-C handler as the one to fall back to (a test runner's worker may have set another).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     stopper = SignalCheckpoint("unused.ckpt")
     stopper.on_train_start(None, None)
     try:

@@ -61,7 +61,8 @@ def _panel_hw(rows: int, cols: int) -> tuple[int, int]:
 
 
 def _outputs(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "explain").iterdir())
+    out = run_dir / "explain"
+    return sorted(out.iterdir()) if out.is_dir() else []
 
 
 def _explain_in_process(run_dir: Path, *overrides: str) -> Path:
