@@ -74,6 +74,15 @@ def test_performance_options_are_validated_and_auto_means_off_on_cpu():
     assert resolve_precision({"precision": "16-mixed", "accelerator": "gpu"}) == "16-mixed"
 
 
+def test_loader_workers_auto_follow_the_device_and_bad_values_are_refused():
+    from ganlab.data.loaders import resolve_workers
+    workers, pinned = resolve_workers("auto", "auto")
+    assert (workers > 0 and pinned) if torch.cuda.is_available() else (workers, pinned) == (0, False)
+    assert resolve_workers(3, False) == (3, False)
+    with pytest.raises(GanlabError, match="data.num_workers='many'"):
+        resolve_workers("many", "auto")
+
+
 def _gan(hidden: int = 16) -> GAN:
     g = MLPGenerator(latent_dim=4, hidden=[hidden], out_shape=[1, 4, 4])
     d = MLPDiscriminator(in_shape=[1, 4, 4], hidden=[hidden])

@@ -126,11 +126,11 @@ class MNISTDataModule(SplitDataModule):
         root: str | None = None,
         cache_dir: str = "data",
         batch_size: int = 64,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         image_size: int = 28,
         channels: int = 1,
         num_classes: int = 10,
-        pin_memory: bool = False,
+        pin_memory: bool | str = False,
         train_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         super().__init__()

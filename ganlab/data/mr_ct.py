@@ -66,8 +66,8 @@ class MRCTDataModule(SplitDataModule):
         split_seed: int = 0,
         min_mask_fraction: float = 0.05,
         batch_size: int = 4,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
         phantom: Mapping[str, Any] | None = None,
         images: str | None = None,
     ) -> None:
