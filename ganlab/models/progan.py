@@ -105,14 +105,23 @@ class ProGAN(pl.LightningModule):
         self.register_buffer("fixed_z", torch.randn(num_fixed_samples, self.latent_dim, generator=rng))
         # The whole growth state: the stage is schedule.stage(images_seen).
         self.register_buffer("images_seen", torch.zeros((), dtype=torch.long))
+        # Its host copy: reading the buffer on a GPU waits for the device (a host sync), and the stage, the
+        # EMA beta and the logs need it every step. Re-read after any load of the weights.
+        self._seen: int | None = None
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_seen", None))
         # The run's seed (set by `ganlab train` just before building the model), for the per-epoch reseeding.
         self.register_buffer("run_seed", torch.tensor(torch.initial_seed() % 2**63, dtype=torch.long))
         self._resumed_at_epoch_end = False
 
     # --- what `ganlab sample` and the callbacks use -------------------------------------------------------
+    def images_seen_host(self) -> int:
+        if self._seen is None:
+            self._seen = int(self.images_seen)
+        return self._seen
+
     @property
     def stage(self) -> Stage:
-        return self.schedule.stage(int(self.images_seen))
+        return self.schedule.stage(self.images_seen_host())
 
     @property
     def sample_shape(self) -> Sequence[int]:
@@ -174,7 +183,7 @@ class ProGAN(pl.LightningModule):
         loops drew before (every DataLoader iterator draws one, and a resumed run makes an extra one), so a run
         resumed at an epoch boundary continues exactly like one that never stopped."""
         rank = self._trainer.global_rank if self._trainer is not None else 0
-        torch.manual_seed((int(self.run_seed) * 1_000_003 + int(self.images_seen) * 7919 + rank) % 2**63)
+        torch.manual_seed((int(self.run_seed) * 1_000_003 + self.images_seen_host() * 7919 + rank) % 2**63)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         hp, stage = self.hparams, self.stage
@@ -208,15 +217,18 @@ class ProGAN(pl.LightningModule):
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss_g)
             opt_g.step()
-        self._update_ema(n * self.trainer.world_size)
-        self.images_seen += n * self.trainer.world_size
+        step_images = n * self.trainer.world_size
+        self._update_ema(step_images)
+        seen = self.images_seen_host() + step_images
+        self.images_seen += step_images
+        self._seen = seen
 
         log_train_values(self, {"train/loss_d": loss_d.detach(), "train/loss_g": loss_g.detach(),
                                 "train/D_score(x)": real_out.detach().mean(),
                                 "train/D_score(G(z))": fake_out.detach().mean(),
                                 "train/gradient_penalty": gp.detach(), "train/drift": drift.detach(),
                                 "train/resolution": float(stage.resolution), "train/alpha": float(stage.alpha),
-                                "train/kimg": int(self.images_seen) / 1000.0})
+                                "train/kimg": seen / 1000.0})
 
     @torch.no_grad()
     def _update_ema(self, images: int) -> None:
@@ -225,7 +237,7 @@ class ProGAN(pl.LightningModule):
         if self.generator_ema is None:
             return
         hp = self.hparams
-        beta = ema_beta(int(self.images_seen), images, hp.ema_kimg, hp.ema_rampup)
+        beta = ema_beta(self.images_seen_host(), images, hp.ema_kimg, hp.ema_rampup)
         for ema, param in zip(self.generator_ema.parameters(), self.generator.parameters()):
             ema.lerp_(param, 1.0 - beta)
 
@@ -264,6 +276,7 @@ class ProGAN(pl.LightningModule):
             self._resumed_at_epoch_end = True
             for key in ("images_seen", "run_seed"):  # the weights are loaded after this hook
                 getattr(self, key).copy_(checkpoint["state_dict"][key])
+            self._seen = None
             self._reseed()
             return
         torch.set_rng_state(rng["torch"])
