@@ -112,8 +112,11 @@ def bench_mnist(args: argparse.Namespace, device: torch.device, scratch: Path) -
 
 # --- 2. PCam -----------------------------------------------------------------------------------------------
 def profile_batches(dataset: torch.utils.data.Dataset, batch: int, batches: int) -> list[str]:
-    """cProfile of `batches` shuffled batches through the default collate, in this process: top 6 by own time."""
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(1))
+    """cProfile of `batches` shuffled batches through ganlab's collate, in this process: top 6 by own time."""
+    from ganlab.data.loaders import collate
+
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(1))
     profiler = cProfile.Profile()
     iterator = iter(loader)
     next(iterator)
@@ -143,6 +146,7 @@ def bench_pcam(args: argparse.Namespace, device: torch.device, scratch: Path) ->
     from torchvision.datasets import PCAM
     from torchvision.transforms import ToTensor
 
+    from ganlab.data.loaders import collate
     from ganlab.data.pcam import PCamDataset, data_dir_of, split_files
     from ganlab.data.pcam_fixture import file_names, make_split, write_split
 
@@ -171,8 +175,9 @@ def bench_pcam(args: argparse.Namespace, device: torch.device, scratch: Path) ->
             def rate(ds: torch.utils.data.Dataset, key: str, pin: bool = device.type == "cuda") -> float:
                 # Untimed: start-up and the batches the workers prefetch meanwhile (2 each), so the timed ones
                 # are made while timing; at least 4 timed batches per worker.
-                loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
-                                    pin_memory=pin, generator=torch.Generator().manual_seed(0))
+                loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=pin,
+                                    collate_fn=collate if ds is ours else None,  # each loader as it ships
+                                    generator=torch.Generator().manual_seed(0))
                 skip = 1 + 2 * workers
                 return loader_rate(loader, device, min(max(timed[key], 4 * workers), len(ds) // batch - skip), skip)
             fast = rate(ours, "ours")

@@ -4,11 +4,36 @@ from __future__ import annotations
 
 import os
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ganlab.errors import GanlabError
+
+
+class BatchedSamples(Sequence):
+    """What a dataset's `__getitems__` returns when it reads a whole batch at once: still a sequence of per-sample
+    dicts for any caller, but `collate` hands the batch over as read. Why: unbinding a batch into samples for
+    DataLoader's default collate to stack them again was half of the PCam reader's time (28 MiB per 256 patches)."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(next(iter(self.batch.values())))
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return {key: value[i] for key, value in self.batch.items()}
+
+
+def collate(samples: Any) -> Any:
+    """DataLoader's default collate, except that a `BatchedSamples` is already a batch."""
+    return samples.batch if isinstance(samples, BatchedSamples) else default_collate(samples)
 
 
 def resolve_workers(num_workers: int | str, pin_memory: bool | str) -> tuple[int, bool]:
@@ -39,6 +64,7 @@ def split_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: 
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        collate_fn=collate,
     )
 
 

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from ganlab.data.h5_chunks import ChunkReader, whole_row_chunks
 from ganlab.data.pcam_fixture import SIZE, SPLIT_FILES, file_names, write_pcam_fixture
-from ganlab.data.loaders import SplitDataModule
+from ganlab.data.loaders import BatchedSamples, SplitDataModule
 from ganlab.errors import GanlabError
 
 X_SHAPE = (SIZE, SIZE, 3)
@@ -162,10 +162,10 @@ class PCamDataset(Dataset):
                               align_corners=False).clamp_(-1.0, 1.0)
         return x
 
-    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+    def __getitems__(self, indices: list[int]) -> BatchedSamples:
         images = self.to_float(self.read_uint8(indices))
         labels = self.labels[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
-        return [{"image": image, "label": label} for image, label in zip(images, labels)]
+        return BatchedSamples({"image": images, "label": labels})
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([index])[0]
