@@ -30,7 +30,7 @@ for p in $PARTS; do case $p in
   fast) part 100 $B --families mlp_gan dcgan --variants default eager-fp32 ;;
   cyclegan) part 150 $B --families cyclegan --variants default ;;
   cyclegan-eager) part 60 $B --families cyclegan --variants eager-bf16 ;;
-  pix2pix) part 90 $B --families pix2pix --variants default ;;
+  pix2pix) part 110 $B --families pix2pix --variants default graph ;;
   # The references as they ship: fp32, batch 1, no compile.
   reference) part 40 $B --families cyclegan pix2pix --variants eager-fp32-b1 --warmup 3 --steps 10 ;;
   data) part 50 "$PY" scripts/bench_data.py --device cuda --quick --out "$OUT_DIR/data_pipeline.md" ;;

@@ -92,6 +92,7 @@ VARIANTS = {
     "eager-bf16": Variant("eager-bf16", "bf16-mixed", perf={"compile": False, "cuda_graph": False}),
     "no-graph": Variant("no-graph", perf={"cuda_graph": False}),
     "no-compile": Variant("no-compile", perf={"compile": False}),
+    "graph": Variant("graph", perf={"cuda_graph": True}),
 }
 
 
@@ -220,7 +221,10 @@ def time_plain(cfg: Any, family: Family, variant: Variant, device: torch.device,
     perf = instantiate(cfg.perf, **{k: v for k, v in variant.perf.items() if v is not None})
     cuda = device.type == "cuda"
     on = {name: (cuda if value == "auto" else value) for name, value in perf.requested.items()}
-    on["cuda_graph"] = on["cuda_graph"] and cuda and family.kind == "gan" and int(cfg.model.get("n_critic", 1)) == 1
+    # As ganlab decides: the GAN family's step graph by default, pix2pix's only when asked for (perf.cuda_graph=true).
+    graphable = (family.kind == "gan" and int(cfg.model.get("n_critic", 1)) == 1) or (
+        family.kind == "pix2pix" and variant.perf.get("cuda_graph") is True)
+    on["cuda_graph"] = on["cuda_graph"] and cuda and graphable
     torch.backends.cudnn.benchmark = on["cudnn_benchmark"]
     torch.set_float32_matmul_precision(perf.matmul_precision)
     if on["channels_last"]:
@@ -237,8 +241,7 @@ def time_plain(cfg: Any, family: Family, variant: Variant, device: torch.device,
                               cache_enabled=False)
     step = plain.step
     if on["cuda_graph"]:
-        graph = StepGraph(lambda inputs: plain.step({"image": inputs["real"]}))
-        step = lambda batch: graph({"real": batch["image"]})  # noqa: E731
+        step = StepGraph(plain.step)
     with autocast:
         for i in range(warmup):
             step(batches[i % len(batches)])

@@ -203,3 +203,53 @@ def test_gan_steps_on_cuda_without_host_syncs_and_the_graph_replays(graph):
     assert counter.caught == [], counter.caught[:3]
     assert all(not torch.equal(p.cpu(), b) for p, b in zip(model.generator.parameters(), before))
     assert perf.report.get("cuda_graph_captured", False) is graph
+
+
+@cuda
+def test_a_captured_step_reads_its_learning_rate_tensor_at_every_replay():
+    from ganlab.perf.cuda_graph import optimizer_step_graph
+    torch.manual_seed(0)
+    net = nn.Linear(4, 1).cuda()
+    opt = torch.optim.Adam(net.parameters(), lr=0.1, fused=True, capturable=True)
+    x = torch.randn(8, 4, device="cuda")
+
+    def step(inputs):
+        opt.zero_grad(set_to_none=True)
+        loss = net(inputs["x"]).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return {"loss": loss.detach()}
+
+    graph = optimizer_step_graph(step, [opt])
+    for _ in range(5):  # 3 eager warm-up steps, the capture, replays
+        graph({"x": x})
+    assert graph.graph is not None and graph.failed is None
+    before = [p.detach().clone() for p in net.parameters()]
+    opt.param_groups[0]["lr"].fill_(0.0)  # what an LR scheduler does to a tensor learning rate
+    graph({"x": x})
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+    opt.param_groups[0]["lr"].fill_(0.1)
+    graph({"x": x})
+    assert not all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+
+
+@cuda
+def test_pix2pix_trains_as_one_cuda_graph_with_its_lr_decay():
+    from ganlab.models.pix2pix import Pix2Pix
+    from ganlab.nets.patchgan import PatchGANDiscriminator
+    from ganlab.nets.unet import UNetGenerator
+    torch.manual_seed(0)
+    model = Pix2Pix(UNetGenerator(1, 1, base_width=8, depth=4), PatchGANDiscriminator(1, 8, 2, cond_channels=1),
+                    decay_start=0.0)
+    perf = Performance(compile=False, cuda_graph=True)
+    pairs = [{"a": torch.rand(1, 16, 16) * 2 - 1, "b": torch.rand(1, 16, 16) * 2 - 1} for _ in range(64)]
+    trainer = pl.Trainer(accelerator="gpu", devices=1, max_steps=24, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[perf],
+                         log_every_n_steps=1)
+    before = [p.detach().clone() for p in model.g_ab.parameters()]
+    trainer.fit(model, DataLoader(pairs, batch_size=4, shuffle=True, drop_last=True, pin_memory=True))
+    assert trainer.global_step == 24 and perf.report["cuda_graph_captured"] is True
+    assert all(not torch.equal(p.cpu(), b) for p, b in zip(model.g_ab.parameters(), before))
+    lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert isinstance(lr, torch.Tensor) and float(lr) == pytest.approx(2e-4 * (12 - 12) / 12, abs=1e-12)
+    assert float(trainer.callback_metrics["train/lr"]) == pytest.approx(0.0, abs=1e-12)

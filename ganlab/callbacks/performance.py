@@ -79,6 +79,8 @@ class Performance(pl.Callback):
         torch.set_float32_matmul_precision(self.matmul_precision)
         if on["channels_last"]:
             pl_module.to(memory_format=torch.channels_last)
+        if self.requested["cuda_graph"] == AUTO and not getattr(pl_module, "cuda_graph_auto", True):
+            on["cuda_graph"] = False  # a capture this model offers but that is not yet measured on a GPU
         graph_reason = self._graph_unsupported(trainer, pl_module, cuda) if on["cuda_graph"] else None
         if graph_reason:
             if self.requested["cuda_graph"] is True:

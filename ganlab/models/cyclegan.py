@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ganlab.errors import GanlabError
 from ganlab.losses import get_loss
 from ganlab.models.image_pool import ImagePool
-from ganlab.models.step_logging import log_train_values
+from ganlab.models.step_logging import host_scalar, log_train_values
 from ganlab.models.translation import ImageTranslation
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -126,7 +126,7 @@ class CycleGAN(ImageTranslation):
 
         terms = {**d, **g}
         log_train_values(self, {"train/loss_d": loss_d.detach(), **{f"train/{k}": v.detach() for k, v in terms.items()},
-                                "train/lr": float(opt_g.param_groups[0]["lr"])})
+                                "train/lr": host_scalar(opt_g.param_groups[0]["lr"])})
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["image_pools"] = {"a": self.pool_a.state_dict(), "b": self.pool_b.state_dict()}

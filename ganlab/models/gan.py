@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ganlab.models.step_logging import log_train_values
 from ganlab.nets.layers import check_labels
 from ganlab.losses import discriminator_probability, get_loss, gradient_penalty, r1_penalty
-from ganlab.perf.cuda_graph import StepGraph, count_optimizer_steps
+from ganlab.perf.cuda_graph import StepGraph, count_optimizer_steps, optimizer_step_graph
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -193,11 +193,7 @@ class GAN(pl.LightningModule):
         def step(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
             return self.iteration(inputs["real"], inputs.get("y"), opt_g, opt_d, Tensor.backward)
 
-        def reset_grads() -> None:  # a failed capture may leave gradients in the discarded graph's memory
-            opt_g.zero_grad(set_to_none=True)
-            opt_d.zero_grad(set_to_none=True)
-
-        return StepGraph(step, on_capture_failure=reset_grads)
+        return optimizer_step_graph(step, [opt_g, opt_d])
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ganlab.errors import GanlabError
 from ganlab.losses import d_loss_wasserstein, g_loss_score, gradient_penalty
-from ganlab.models.step_logging import log_train_values
+from ganlab.models.step_logging import host_scalar, log_train_values
 from ganlab.models.progan_schedule import GrowthSchedule, Stage
 from ganlab.nets.progan import ProGANDiscriminator, ProGANGenerator
 
@@ -227,8 +227,8 @@ class ProGAN(pl.LightningModule):
                                 "train/D_score(x)": real_out.detach().mean(),
                                 "train/D_score(G(z))": fake_out.detach().mean(),
                                 "train/gradient_penalty": gp.detach(), "train/drift": drift.detach(),
-                                "train/resolution": float(stage.resolution), "train/alpha": float(stage.alpha),
-                                "train/kimg": seen / 1000.0})
+                                "train/resolution": host_scalar(stage.resolution),
+                                "train/alpha": host_scalar(stage.alpha), "train/kimg": host_scalar(seen / 1000.0)})
 
     @torch.no_grad()
     def _update_ema(self, images: int) -> None:

@@ -11,6 +11,7 @@ values are handed to `log_dict` on those batches only; the newest ones stay in `
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 from torch import Tensor
 
 
@@ -29,3 +30,10 @@ def log_train_values(module: pl.LightningModule, logs: dict[str, Tensor | float]
     module.last_train_logs = logs
     if logs_this_batch(module):
         module.log_dict(logs)
+
+
+def host_scalar(value: float | Tensor) -> Tensor:
+    """A value to log without a host sync: a device tensor stays there (copied: optimizers fill learning-rate
+    tensors in place), a Python number becomes a CPU tensor (Lightning would copy a float to the GPU from pageable
+    memory, which waits for the GPU)."""
+    return value.detach().clone() if isinstance(value, Tensor) else torch.tensor(float(value))

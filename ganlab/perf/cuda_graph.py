@@ -79,6 +79,23 @@ class StepGraph:
         self.graph = graph  # capture only recorded the step: the caller replays it for this batch
 
 
+def optimizer_step_graph(step: StepFn, optimizers: list[torch.optim.Optimizer]) -> StepGraph:
+    """A StepGraph over a step that updates these (capturable) optimizers. Their learning rates become device
+    tensors first: a float is baked into the captured kernels, a tensor is read at every replay, so an LR
+    schedule stepped outside the graph (it fills the tensor in place) still acts."""
+    for opt in optimizers:
+        device = next((p.device for group in opt.param_groups for p in group["params"]), None)
+        for group in opt.param_groups:
+            if not isinstance(group["lr"], torch.Tensor):
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
+
+    def reset_grads() -> None:  # a failed capture may leave gradients in the discarded graph's memory
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    return StepGraph(step, on_capture_failure=reset_grads)
+
+
 def count_optimizer_steps(trainer: object, n: int) -> None:
     """Advance Lightning's step counter (trainer.global_step) by `n` optimizer steps taken inside a graph.
 
