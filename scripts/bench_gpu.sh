@@ -26,8 +26,8 @@ PARTS=${PARTS:-tests fast cyclegan pix2pix reference data profile}
 B="$PY scripts/bench_train.py --device cuda --json $ROWS"
 for p in $PARTS; do case $p in
   tests) part 40 "$PY" -m pytest -q -p no:cacheprovider tests/test_perf.py -k cuda ;;
-  # MLP GAN and DCGAN: ganlab's GPU defaults (compile + whole-step CUDA graph + bf16) and eager fp32.
-  fast) part 100 $B --families mlp_gan dcgan --variants default eager-fp32 ;;
+  # MLP GAN, DCGAN, PCam classifier: the GPU defaults (compile, whole-step CUDA graph for GANs, bf16), eager fp32.
+  fast) part 120 $B --families mlp_gan dcgan classifier --variants default eager-fp32 ;;
   cyclegan) part 150 $B --families cyclegan --variants default ;;
   cyclegan-eager) part 60 $B --families cyclegan --variants eager-bf16 ;;
   pix2pix) part 110 $B --families pix2pix --variants default graph ;;

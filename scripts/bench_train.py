@@ -49,7 +49,7 @@ from ganlab.perf.cuda_graph import StepGraph
 class Family:
     overrides: list[str]
     batch: int
-    kind: str  # gan | pix2pix | cyclegan
+    kind: str  # gan | pix2pix | cyclegan | classifier
     warmup: int = 3  # untimed steps (compilation, graph capture)
     steps: int = 20  # timed steps
 
@@ -62,6 +62,7 @@ GPU_FAMILIES = {
     "dcgan": Family(["model=dcgan", "data=pcam", "data.image_size=64"], 128, "gan", 10, 100),
     "pix2pix": Family(["+experiment=pix2pix_mr2ct_gpu"], 16, "pix2pix", 8, 40),
     "cyclegan": Family(["+experiment=cyclegan_mr2ct_gpu"], 32, "cyclegan", 6, 20),
+    "classifier": Family(["+experiment=classifier_pcam"], 256, "classifier", 10, 100),
     "tiny_gan": TINY_GAN,
 }
 CPU_FAMILIES = {
@@ -70,6 +71,7 @@ CPU_FAMILIES = {
     "dcgan": Family(["+experiment=dcgan_mnist"], 64, "gan", 5, 60),
     "pix2pix": Family(["+experiment=pix2pix_mr2ct"], 4, "pix2pix"),
     "cyclegan": Family(["+experiment=cyclegan_mr2ct"], 4, "cyclegan"),
+    "classifier": Family(["+experiment=classifier_pcam"], 64, "classifier", 3, 20),
 }
 
 
@@ -104,10 +106,10 @@ def compose_config(family: Family) -> Any:
 def synthetic_batch(kind: str, cfg: Any, batch: int, device: torch.device, seed: int) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
     size = int(cfg.data.image_size)
-    if kind == "gan":
+    if kind in ("gan", "classifier"):
         c = int(cfg.data.channels)
         out = {"image": torch.rand(batch, c, size, size, generator=g) * 2 - 1}
-        if int(cfg.model.generator.get("num_classes", 0) or 0):
+        if kind == "classifier" or int(cfg.model.generator.get("num_classes", 0) or 0):
             out["label"] = torch.randint(int(cfg.data.num_classes), (batch,), generator=g)
     else:
         ca, cb = int(cfg.data.channels_a), int(cfg.data.channels_b)
@@ -141,11 +143,14 @@ class Plain:
 
     def __init__(self, model: nn.Module, kind: str, cfg: Any, opts: dict[str, Any], device: torch.device) -> None:
         self.kind, self.cfg, self.device = kind, cfg, device
-        self.loss = get_loss(str(cfg.model.loss))
+        self.loss = get_loss(str(cfg.model.loss)) if kind != "classifier" else None
         extra = {k: True for k in ("fused", "capturable") if opts.get(k)}
         factory = instantiate(cfg.model.optimizer)
         hp = cfg.model
-        if kind == "gan":
+        if kind == "classifier":
+            self.net = model.net
+            self.opt = factory(self.net.parameters(), lr=hp.lr, **extra)
+        elif kind == "gan":
             self.g, self.d = model.generator, model.discriminator
             self.latent = model.latent_dim
             self.opt_g = factory(self.g.parameters(), lr=hp.lr_g, **extra)
@@ -159,13 +164,19 @@ class Plain:
             self.opt_g = factory([*model.g_ab.parameters(), *model.g_ba.parameters()], lr=hp.lr, **extra)
             self.opt_d = factory([*model.d_a.parameters(), *model.d_b.parameters()], lr=hp.lr, **extra)
             self.pools = (ImagePool(int(hp.pool_size), seed=0), ImagePool(int(hp.pool_size), seed=1))
-        self.step = {"gan": self.gan_step, "pix2pix": self.pix2pix_step, "cyclegan": self.cyclegan_step}[kind]
+        self.step = {"gan": self.gan_step, "pix2pix": self.pix2pix_step, "cyclegan": self.cyclegan_step,
+                     "classifier": self.classifier_step}[kind]
 
     @staticmethod
     def _update(opt: torch.optim.Optimizer, loss: Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    def classifier_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        loss = torch.nn.functional.cross_entropy(self.net(batch["image"]), batch["label"])
+        self._update(self.opt, loss)
+        return {"loss": loss.detach()}
 
     def gan_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         real = batch["image"]
@@ -321,7 +332,7 @@ def time_ganlab(cfg: Any, family: Family, variant: Variant, device: torch.device
     timer = StepTimer(warmup, device)
     precision = variant.precision or _auto_precision(device)
     trainer = pl.Trainer(
-        accelerator=device.type, devices=1, precision=precision, max_steps=2 * (warmup + steps),
+        accelerator=device.type, devices=1, precision=precision, max_steps=(1 if family.kind == "classifier" else 2) * (warmup + steps),
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0,
         callbacks=[perf, timer, NonFiniteLossGuard(), SignalCheckpoint(path="/dev/null")],
