@@ -57,18 +57,20 @@ def batch_size_of(batch: object) -> int:
     return len(first)
 
 
-def loader_rate(loader: DataLoader, device: torch.device, batches: int | None = None, skip: int = 1) -> float:
-    """Items/s over `batches` batches (None: the rest of the epoch) after `skip` untimed start-up batches."""
+def loader_rate(loader: DataLoader, device: torch.device, batches: int | None = None, skip: int = 1,
+                finish: Callable[[dict], object] = lambda batch: batch) -> float:
+    """Items/s over `batches` batches (None: the rest of the epoch) after `skip` untimed start-up batches;
+    `finish` runs on each batch once it is on the device (e.g. a data module's on_after_batch_transfer)."""
     non_blocking = device.type == "cuda" and loader.pin_memory
     iterator = iter(loader)
     for _ in range(skip):
-        to_device(next(iterator), device, non_blocking)
+        finish(to_device(next(iterator), device, non_blocking))
     sync(device)
     start, seen = time.perf_counter(), 0
     for i, batch in enumerate(iterator):
         if batches is not None and i >= batches:
             break
-        to_device(batch, device, non_blocking)
+        finish(to_device(batch, device, non_blocking))
         seen += batch_size_of(batch)
     sync(device)
     return seen / (time.perf_counter() - start)
@@ -147,7 +149,7 @@ def bench_pcam(args: argparse.Namespace, device: torch.device, scratch: Path) ->
     from torchvision.transforms import ToTensor
 
     from ganlab.data.loaders import collate
-    from ganlab.data.pcam import PCamDataset, data_dir_of, split_files
+    from ganlab.data.pcam import SIZE, PCamDataset, data_dir_of, decode_on_device, split_files
     from ganlab.data.pcam_fixture import file_names, make_split, write_split
 
     batch = 256
@@ -163,7 +165,8 @@ def bench_pcam(args: argparse.Namespace, device: torch.device, scratch: Path) ->
             roots[storage] = scratch / storage
     timed = {"ours": 8 if args.quick else 24, "torchvision": 3 if args.quick else 6}
     rows = ["| files | num_workers | ganlab PCamDataset (img/s) | torchvision PCAM (img/s) | ratio | ganlab, "
-            "pin_memory=False (img/s) |", "|---|---|---|---|---|---|"]
+            "pin_memory=False (img/s) | ganlab, uint8 batches decoded on the device (img/s) | ratio |",
+            "|---|---|---|---|---|---|---|---|"]
     notes, profiles = [], []
     for name, root in roots.items():
         x_path, y_path = (split_files(root, "train") if args.pcam_root else
@@ -172,18 +175,24 @@ def bench_pcam(args: argparse.Namespace, device: torch.device, scratch: Path) ->
         ours = PCamDataset(x_path, y_path)
         reference = PCAM(str(root), split="train", transform=ToTensor()) if data_dir_of(root) != root else None
         for workers in (0, 4):
-            def rate(ds: torch.utils.data.Dataset, key: str, pin: bool = device.type == "cuda") -> float:
+            def rate(ds: torch.utils.data.Dataset, key: str, pin: bool = device.type == "cuda",
+                     finish: Callable[[dict], object] = lambda b: b) -> float:
                 # Untimed: start-up and the batches the workers prefetch meanwhile (2 each), so the timed ones
                 # are made while timing; at least 4 timed batches per worker.
                 loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=pin,
-                                    collate_fn=collate if ds is ours else None,  # each loader as it ships
+                                    collate_fn=None if ds is reference else collate,  # each loader as it ships
                                     generator=torch.Generator().manual_seed(0))
                 skip = 1 + 2 * workers
-                return loader_rate(loader, device, min(max(timed[key], 4 * workers), len(ds) // batch - skip), skip)
+                return loader_rate(loader, device, min(max(timed[key], 4 * workers), len(ds) // batch - skip), skip,
+                                   finish)
             fast = rate(ours, "ours")
             slow = rate(reference, "torchvision") if reference is not None else float("nan")
             unpinned = f"{rate(ours, 'ours', pin=False):,.0f}" if device.type == "cuda" else "-"
-            rows.append(f"| {name} | {workers} | {fast:,.0f} | {slow:,.0f} | {fast / slow:.1f}x | {unpinned} |")
+            # data.decode_on_device (auto: on with a GPU): workers carry uint8, the device makes the floats.
+            carried = rate(ours.with_uint8_batches(), "ours",
+                           finish=lambda b: b.update(image=decode_on_device(b["image"], SIZE)))
+            rows.append(f"| {name} | {workers} | {fast:,.0f} | {slow:,.0f} | {fast / slow:.1f}x | {unpinned} | "
+                        f"{carried:,.0f} | {carried / slow:.1f}x |")
             print(rows[-1], flush=True)
         profiles += [f"ganlab, {name}, num_workers=0, {batch} per batch:", "",
                      *profile_batches(ours, batch, 3 if args.quick else 6), ""]

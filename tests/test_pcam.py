@@ -119,6 +119,24 @@ def test_downsampling_for_gans(fixtures):
     torch.testing.assert_close(batch["image"], expected.clamp(-1, 1))
 
 
+@pytest.mark.parametrize("image_size", [96, 32])
+def test_uint8_batches_decoded_after_the_transfer_equal_the_float_path(fixtures, image_size):
+    float_path = PCamDataModule(root=str(fixtures["chunked"]), image_size=image_size, batch_size=5,
+                                decode_on_device=False)
+    uint8_path = PCamDataModule(root=str(fixtures["chunked"]), image_size=image_size, batch_size=5,
+                                decode_on_device=True, num_workers=2)
+    for dm in (float_path, uint8_path):
+        dm.setup("fit")
+    expected = next(iter(float_path.val_dataloader()))
+    carried = next(iter(uint8_path.val_dataloader()))  # through 2 worker processes
+    assert carried["image"].dtype == torch.uint8 and carried["image"].shape == (5, 3, 96, 96)
+    decoded = uint8_path.on_after_batch_transfer(carried, 0)
+    assert torch.equal(decoded["image"], expected["image"]) and torch.equal(decoded["label"], expected["label"])
+    assert uint8_path.datasets["val"][0]["image"].dtype == torch.float32  # explain & co. still get floats
+    with pytest.raises(GanlabError, match="data.decode_on_device='gpu'"):
+        PCamDataModule(root=str(fixtures["chunked"]), decode_on_device="gpu")
+
+
 def test_default_root_generates_once_atomically(tmp_path):
     datamodule = PCamDataModule(cache_dir=str(tmp_path), fixture_size=8, fixture_seed=1, batch_size=4)
     datamodule.setup("fit")

@@ -77,8 +77,12 @@ class SplitDataModule(pl.LightningDataModule):
     num_workers: int = 0
     pin_memory: bool = False
 
+    def loader_dataset(self, split: str) -> Dataset:
+        """What the DataLoader of `split` reads (a module may serve a leaner form than `datasets` holds)."""
+        return self.datasets[split]
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return split_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers, self.pin_memory)
+        return split_loader(self.loader_dataset(split), self.batch_size, shuffle, self.num_workers, self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -16,6 +16,7 @@ Throughput against torchvision: benchmarks/data_pipeline.md.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -109,6 +110,7 @@ class PCamDataset(Dataset):
         self._images: np.ndarray | h5py.Dataset | None = None
         self._handle: h5py.File | None = None
         self._chunks: ChunkReader | None = None
+        self.uint8_batches = False
 
     @property
     def uses_memmap(self) -> bool:
@@ -157,18 +159,35 @@ class PCamDataset(Dataset):
         """uint8 (N, H, W, 3) -> float (N, 3, S, S) in [-1, 1], downsampled (antialiased) if S < 96."""
         x = torch.empty(images.shape[0], 3, SIZE, SIZE)
         x.copy_(images.permute(0, 3, 1, 2)).div_(127.5).sub_(1.0)  # one strided pass, no channels-last copy
-        if self.image_size != SIZE:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
-                              align_corners=False).clamp_(-1.0, 1.0)
-        return x
+        return resize(x, self.image_size)
 
     def __getitems__(self, indices: list[int]) -> BatchedSamples:
-        images = self.to_float(self.read_uint8(indices))
+        raw = self.read_uint8(indices)
+        # uint8_batches: (N, 3, 96, 96) uint8, a quarter of the bytes from a worker; decode_on_device finishes it.
+        images = raw.permute(0, 3, 1, 2).contiguous() if self.uint8_batches else self.to_float(raw)
         labels = self.labels[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
         return BatchedSamples({"image": images, "label": labels})
 
+    def with_uint8_batches(self) -> "PCamDataset":
+        """This dataset, its batched reads (the DataLoader's path) left as uint8 for `decode_on_device`."""
+        twin = copy.copy(self)
+        twin.uint8_batches = True
+        return twin
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([index])[0]
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Float patches in [-1, 1] -> size x size (antialiased bilinear), on whatever device they are."""
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp_(-1.0, 1.0)
+
+
+def decode_on_device(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, 96, 96) uint8 -> float in [-1, 1] at size x size: PCamDataset.to_float, after the copy to the GPU."""
+    return resize(images.float().div_(127.5).sub_(1.0), size)
 
 
 def materialize_fixture(cache_dir: Path, n_per_split: int, seed: int, storage: str) -> Path:
@@ -200,6 +219,7 @@ class PCamDataModule(SplitDataModule):
         channels: int = 3,
         num_classes: int = 2,
         pin_memory: bool | str = False,
+        decode_on_device: bool | str = False,
         fixture_size: int = 1024,
         fixture_seed: int = 0,
         fixture_storage: str = "contiguous",
@@ -219,6 +239,11 @@ class PCamDataModule(SplitDataModule):
         self.fixture = (int(fixture_size), int(fixture_seed), str(fixture_storage))
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.image_size, self.num_classes = int(image_size), int(num_classes)
+        if decode_on_device not in (True, False, "auto"):
+            raise GanlabError(f"data.decode_on_device={decode_on_device!r}: expected true, false or auto")
+        # auto: with a CUDA GPU. Workers then send uint8 batches (4x fewer bytes through shared memory, the limit
+        # of a fast reader: benchmarks/data_pipeline_h100.md) and the GPU converts them after the copy.
+        self.decode_on_device = torch.cuda.is_available() if decode_on_device == "auto" else decode_on_device
         self.datasets: dict[str, PCamDataset] = {}
         if self.root is not None:  # fail before a run dir is set up, not minutes into training
             self._build()
@@ -237,3 +262,12 @@ class PCamDataModule(SplitDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self._build()
+
+    def loader_dataset(self, split: str) -> PCamDataset:
+        dataset = self.datasets[split]
+        return dataset.with_uint8_batches() if self.decode_on_device else dataset
+
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        if batch["image"].dtype == torch.uint8:
+            batch["image"] = decode_on_device(batch["image"], self.image_size)
+        return batch
