@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -29,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ganlab.data.h5_chunks import ChunkReader, whole_row_chunks
-from ganlab.data.pcam_fixture import SIZE, SPLIT_FILES, file_names, write_pcam_fixture
+from ganlab.data.pcam_fixture import SIZE, SPLIT_FILES, file_names, materialize_fixture
 from ganlab.data.loaders import BatchedSamples, SplitDataModule
 from ganlab.errors import GanlabError
 
@@ -188,24 +186,6 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 def decode_on_device(images: torch.Tensor, size: int) -> torch.Tensor:
     """(N, 3, 96, 96) uint8 -> float in [-1, 1] at size x size: PCamDataset.to_float, after the copy to the GPU."""
     return resize(images.float().div_(127.5).sub_(1.0), size)
-
-
-def materialize_fixture(cache_dir: Path, n_per_split: int, seed: int, storage: str) -> Path:
-    """Generate the stand-in once into `<cache_dir>/pcam_fixture_<params>/` (temp dir, then rename)."""
-    root = cache_dir / f"pcam_fixture_n{n_per_split}_seed{seed}_{storage}"
-    if root.is_dir():
-        return root
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".pcam_fixture_", dir=cache_dir))
-    try:
-        write_pcam_fixture(tmp, n_per_split, seed, storage)
-        os.rename(tmp, root)
-    except OSError:
-        if not root.is_dir():  # a concurrent writer that won the rename is fine; anything else is not
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 class PCamDataModule(SplitDataModule):

@@ -15,6 +15,9 @@ nuclei entirely outside it, so a classifier has to look at the centre. Labels ar
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -131,3 +134,21 @@ def write_pcam_fixture(directory: str | Path, n_per_split: int, seed: int = 0,
         images, labels = make_split(n_per_split, seed * 1000 + i)
         write_split(directory, split, images, labels, storage)
     return directory
+
+
+def materialize_fixture(cache_dir: Path, n_per_split: int, seed: int, storage: str) -> Path:
+    """Generate the stand-in once into `<cache_dir>/pcam_fixture_<params>/` (temp dir, then rename)."""
+    root = cache_dir / f"pcam_fixture_n{n_per_split}_seed{seed}_{storage}"
+    if root.is_dir():
+        return root
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".pcam_fixture_", dir=cache_dir))
+    try:
+        write_pcam_fixture(tmp, n_per_split, seed, storage)
+        os.rename(tmp, root)
+    except OSError:
+        if not root.is_dir():  # a concurrent writer that won the rename is fine; anything else is not
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
