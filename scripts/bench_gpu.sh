@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite in one go (~7 min on one H100, half of it torch.compile): the CUDA-only tests, training
+# The GPU benchmark suite in one go (about 6-7 min on one H100, half of it torch.compile): the CUDA-only tests, training
 # speed of every model family (ganlab through Lightning vs the plain loop: scripts/bench_train.py), then the data
 # pipelines and occlusion vs Captum (scripts/bench_data.py). Each part has its own time limit, so one slow or
 # failing part cannot take the others down.
-#   bash scripts/bench_gpu.sh [out_dir]        # default benchmarks/gpu; report: <out_dir>/train_speed.md
-#   PARTS="cyclegan reference" bash scripts/bench_gpu.sh    # some parts only (tests fast cyclegan
-#                                                           # cyclegan-eager pix2pix reference data profile)
+#   bash scripts/bench_gpu.sh [out_dir]   # default benchmarks/gpu/<date_time>; report: <out_dir>/train_speed.md
+#   PARTS="cyclegan profile" bash scripts/bench_gpu.sh      # some parts (tests fast cyclegan cyclegan-eager
+#                                                           # pix2pix reference data; profile: kernel tables)
 set -u
-OUT_DIR=${1:-benchmarks/gpu}
+OUT_DIR=${1:-benchmarks/gpu/$(date +%Y-%m-%d_%H%M)}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(pwd)"
@@ -22,12 +22,13 @@ part() {  # part <seconds> <command...>
     echo "== exit $? after $((SECONDS - start)) s"
 }
 ROWS="$OUT_DIR/train_rows.jsonl"
-PARTS=${PARTS:-tests fast cyclegan pix2pix reference data profile}
+PARTS=${PARTS:-tests fast cyclegan pix2pix reference data}
 B="$PY scripts/bench_train.py --device cuda --json $ROWS"
 for p in $PARTS; do case $p in
   tests) part 40 "$PY" -m pytest -q -p no:cacheprovider tests/test_perf.py -k cuda ;;
   # MLP GAN, DCGAN, PCam classifier: the GPU defaults (compile, whole-step CUDA graph for GANs, bf16), eager fp32.
-  fast) part 120 $B --families mlp_gan dcgan classifier --variants default eager-fp32 ;;
+  fast) part 120 $B --families mlp_gan dcgan classifier --variants default
+        part 30 $B --families mlp_gan --variants eager-fp32 ;;
   cyclegan) part 150 $B --families cyclegan --variants default ;;
   cyclegan-eager) part 60 $B --families cyclegan --variants eager-bf16 ;;
   pix2pix) part 110 $B --families pix2pix --variants default graph ;;
