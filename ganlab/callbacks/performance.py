@@ -136,6 +136,9 @@ class Performance(pl.Callback):
         if self._compiler is None:
             return
         compiler, self._compiler = self._compiler, None
+        if trainer.is_global_zero:  # a minute or two for image-to-image nets: say why the bar stands still
+            print(f"ganlab: compiling {', '.join(n for n, calls in compiler.calls.items() if calls)} "
+                  "(torch.compile, once; perf.compile=false skips it)", flush=True)
         compiler.finish()
         self.report["compiled"] = compiler.compiled
         if compiler.failed:
