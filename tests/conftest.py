@@ -33,14 +33,21 @@ def compose_experiment(experiment: str):
         return compose(config_name="train", overrides=[f"+experiment={experiment}"])
 
 
+def gpu_experiment_on_cpu(experiment: str) -> list[str]:
+    """The *_gpu experiments on a CPU: trainer=cpu, a thin 4-patient phantom, batch 2, no workers (networks kept)."""
+    cfg = compose_experiment(experiment)
+    if cfg.trainer.get("accelerator") != "gpu":
+        return []
+    size = cfg.data.image_size
+    return ["trainer=cpu", "data.num_workers=0", "data.pin_memory=false", "data.batch_size=2",
+            f"data.phantom.shape=[{size},{size},6]", "data.phantom.n_patients=4"]
+
+
 def tiny_overrides(experiment: str) -> list[str]:
     """`+debug=fast` plus the smallest widths each of the experiment's networks accepts."""
     cfg = compose_experiment(experiment)
     model = cfg.model
-    overrides = ["+debug=fast"]
-    if cfg.trainer.get("accelerator") == "gpu":  # the *_gpu experiments, on this CPU: small phantom, no workers
-        overrides += ["trainer=cpu", "data.num_workers=0", "data.pin_memory=false", "data.batch_size=2",
-                      f"data.phantom.shape=[{cfg.data.image_size},{cfg.data.image_size},6]"]
+    overrides = ["+debug=fast", *gpu_experiment_on_cpu(experiment)]
     for key in ("generator", "discriminator", "net", "g_ab", "g_ba", "d_a", "d_b"):
         node = model.get(key)
         if node is None:

@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from conftest import EXPERIMENTS
+from conftest import EXPERIMENTS, gpu_experiment_on_cpu
 
 CONFIG_DIR = Path(__file__).parent.parent / "ganlab" / "configs"
 # Groups of train.yaml (explainer/ belongs to explain.yaml: tested below).
@@ -38,7 +38,8 @@ def test_every_group_option_composes(group, option, tmp_path):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_instantiates_and_shapes_fit(experiment, tmp_path):
-    cfg = _compose([f"+experiment={experiment}", "trainer.accelerator=cpu"], tmp_path)
+    cfg = _compose([f"+experiment={experiment}", "trainer.accelerator=cpu", *gpu_experiment_on_cpu(experiment)],
+                   tmp_path)
     assert cfg.name == experiment
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
