@@ -26,8 +26,8 @@ PARTS=${PARTS:-tests fast cyclegan pix2pix reference data}
 B="$PY scripts/bench_train.py --device cuda --json $ROWS"
 for p in $PARTS; do case $p in
   tests) part 40 "$PY" -m pytest -q -p no:cacheprovider tests/test_perf.py -k cuda ;;
-  # MLP GAN, DCGAN, PCam classifier: the GPU defaults (compile, whole-step CUDA graph for GANs, bf16), eager fp32.
-  fast) part 120 $B --families mlp_gan dcgan classifier --variants default
+  # MLP GAN, DCGAN, PCam classifier, ProGAN (final stage): the GPU defaults (bf16, compile, GAN step graph); eager fp32.
+  fast) part 130 $B --families mlp_gan dcgan classifier progan --variants default
         part 30 $B --families mlp_gan --variants eager-fp32 ;;
   cyclegan) part 150 $B --families cyclegan --variants default ;;
   cyclegan-eager) part 60 $B --families cyclegan --variants eager-bf16 ;;

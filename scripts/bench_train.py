@@ -13,7 +13,7 @@ fused Adam, torch.compile of each network and, for the GAN family, the whole ste
 Lightning's toggled_optimizer does); ganlab runs `Trainer.fit` with the Performance callback, the NaN guard and
 the signal handler that `ganlab train` installs (progress bar, logger and checkpoints off). Steps are timed
 after warm-up (compilation, graph capture) with the device synchronised at both ends. FLOPs per step are counted
-once by torch.utils.flop_counter on an eager fp32 step; TFLOP/s = FLOPs per step x steps/s.
+once with torch.utils.flop_counter's formulas on an eager fp32 step; TFLOP/s = FLOPs per step x steps/s.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from ganlab.callbacks.nonfinite import NonFiniteLossGuard
 from ganlab.callbacks.performance import Performance, trainable_networks
@@ -48,9 +49,10 @@ from plain_steps import Plain  # scripts/plain_steps.py
 class Family:
     overrides: list[str]
     batch: int
-    kind: str  # gan | pix2pix | cyclegan | classifier
+    kind: str  # gan | pix2pix | cyclegan | classifier | progan
     warmup: int = 3  # untimed steps (compilation, graph capture)
     steps: int = 20  # timed steps
+    data_batch: int | None = None  # batches served, when the model trains on fewer (ProGAN cuts to its stage's)
 
 
 # Almost no compute: what is left is each side's fixed cost per batch (Lightning's loop, hooks, logging).
@@ -62,6 +64,8 @@ GPU_FAMILIES = {
     "pix2pix": Family(["+experiment=pix2pix_mr2ct_gpu"], 16, "pix2pix", 8, 40),
     "cyclegan": Family(["+experiment=cyclegan_mr2ct_gpu"], 32, "cyclegan", 6, 20),
     "classifier": Family(["+experiment=classifier_pcam"], 256, "classifier", 10, 100),
+    # ProGAN at its final, stable stage (64x64 RGB, 16 of the 32 served images per step, as configured).
+    "progan": Family(["+experiment=progan_pcam"], 16, "progan", 10, 60, data_batch=32),
     "tiny_gan": TINY_GAN,
 }
 CPU_FAMILIES = {
@@ -71,6 +75,7 @@ CPU_FAMILIES = {
     "pix2pix": Family(["+experiment=pix2pix_mr2ct"], 4, "pix2pix"),
     "cyclegan": Family(["+experiment=cyclegan_mr2ct"], 4, "cyclegan"),
     "classifier": Family(["+experiment=classifier_pcam"], 64, "classifier", 3, 20),
+    "progan": Family(["+experiment=progan_mnist"], 32, "progan", 3, 20),
 }
 
 
@@ -105,7 +110,7 @@ def compose_config(family: Family) -> Any:
 def synthetic_batch(kind: str, cfg: Any, batch: int, device: torch.device, seed: int) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
     size = int(cfg.data.image_size)
-    if kind in ("gan", "classifier"):
+    if kind in ("gan", "classifier", "progan"):
         c = int(cfg.data.channels)
         out = {"image": torch.rand(batch, c, size, size, generator=g) * 2 - 1}
         if kind == "classifier" or int(cfg.model.generator.get("num_classes", 0) or 0):
@@ -240,11 +245,14 @@ def time_ganlab(cfg: Any, family: Family, variant: Variant, device: torch.device
                 warmup: int, steps: int) -> dict[str, Any]:
     torch.manual_seed(0)
     model = instantiate(cfg.model)
+    if family.kind == "progan":  # time the final, stable stage (the plain loop trains there too)
+        model.images_seen.fill_(model.schedule.growth_images)
     perf = instantiate(cfg.perf, **{k: v for k, v in variant.perf.items() if v is not None})
     timer = StepTimer(warmup, device)
     precision = variant.precision or _auto_precision(device)
     trainer = pl.Trainer(
-        accelerator=device.type, devices=1, precision=precision, max_steps=(1 if family.kind == "classifier" else 2) * (warmup + steps),
+        accelerator=device.type, devices=1, precision=precision,
+        max_steps=(1 if family.kind == "classifier" else 2) * (warmup + steps),
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0,
         callbacks=[perf, timer, NonFiniteLossGuard(), SignalCheckpoint(path="/dev/null")],
@@ -260,20 +268,38 @@ def time_ganlab(cfg: Any, family: Family, variant: Variant, device: torch.device
 # --- FLOPs, rows, report ----------------------------------------------------------------------------------
 
 
+class FlopCount(TorchDispatchMode):
+    """torch.utils.flop_counter's per-op formulas, summed over every op of a step. FlopCounterMode itself tracks
+    modules with autograd hooks that fail inside autograd.grad (ProGAN's gradient penalty), so no tracking here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+
 def flops_per_step(cfg: Any, family: Family, device: torch.device, batch: dict[str, Tensor]) -> int:
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device).train()
     plain = Plain(model, family.kind, cfg, {}, device)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCount() as counter:
         plain.step(batch)
-    return int(counter.get_total_flops())
+    return counter.total
 
 
 def run_row(name: str, family: Family, variant: Variant, device: torch.device, warmup: int, steps: int,
             sides: tuple[str, ...]) -> dict[str, Any]:
     cfg = compose_config(family)
     batch = variant.batch or family.batch
-    batches = [synthetic_batch(family.kind, cfg, batch, device, seed) for seed in range(4)]
+    served = family.data_batch or batch
+    batches = [synthetic_batch(family.kind, cfg, served, device, seed) for seed in range(4)]
     row: dict[str, Any] = {"family": name, "variant": variant.name, "batch": batch,
                            "image_size": int(cfg.data.image_size), "device": device_name(device)}
     row["gflop_per_step"] = flops_per_step(cfg, family, device, batches[0]) / 1e9
@@ -299,7 +325,7 @@ def device_name(device: torch.device) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], command: str) -> str:
-    device = rows[0]["device"] if rows else "?"
+    device = next((r["device"] for r in rows if "device" in r), "?")
     lines = [f"# Training speed: ganlab (Lightning) vs plain PyTorch loop, same nets and losses", "",
              f"{dt.date.today().isoformat()}, {device}, torch {torch.__version__}, Lightning {pl.__version__}.",
              f"Command: `{command}`", "",

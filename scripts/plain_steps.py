@@ -12,8 +12,9 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
 
-from ganlab.losses import get_loss
+from ganlab.losses import d_loss_wasserstein, g_loss_score, get_loss, gradient_penalty
 from ganlab.models.image_pool import ImagePool
+from ganlab.models.progan import ema_beta
 
 
 class Plain:
@@ -21,13 +22,20 @@ class Plain:
 
     def __init__(self, model: nn.Module, kind: str, cfg: Any, opts: dict[str, Any], device: torch.device) -> None:
         self.kind, self.cfg, self.device = kind, cfg, device
-        self.loss = get_loss(str(cfg.model.loss)) if kind != "classifier" else None
+        self.loss = get_loss(str(cfg.model.loss)) if kind in ("gan", "pix2pix", "cyclegan") else None
         extra = {k: True for k in ("fused", "capturable") if opts.get(k)}
-        factory = instantiate(cfg.model.optimizer)
+        factory = instantiate(cfg.model.optimizer) if "optimizer" in cfg.model else None
         hp = cfg.model
         if kind == "classifier":
             self.net = model.net
             self.opt = factory(self.net.parameters(), lr=hp.lr, **extra)
+        elif kind == "progan":  # its own Adam settings (ProGAN.configure_optimizers), at the final stage
+            self.g, self.d, self.g_ema = model.generator, model.discriminator, model.generator_ema
+            self.latent, self.seen = model.latent_dim, model.schedule.growth_images
+            self.resolution = model.schedule.max_resolution
+            self.n = model.schedule.batch_size(self.resolution)
+            self.opt_g = torch.optim.Adam(self.g.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=1e-8, **extra)
+            self.opt_d = torch.optim.Adam(self.d.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=1e-8, **extra)
         elif kind == "gan":
             self.g, self.d = model.generator, model.discriminator
             self.latent = model.latent_dim
@@ -43,7 +51,7 @@ class Plain:
             self.opt_d = factory([*model.d_a.parameters(), *model.d_b.parameters()], lr=hp.lr, **extra)
             self.pools = (ImagePool(int(hp.pool_size), seed=0), ImagePool(int(hp.pool_size), seed=1))
         self.step = {"gan": self.gan_step, "pix2pix": self.pix2pix_step, "cyclegan": self.cyclegan_step,
-                     "classifier": self.classifier_step}[kind]
+                     "classifier": self.classifier_step, "progan": self.progan_step}[kind]
 
     @staticmethod
     def _update(opt: torch.optim.Optimizer, loss: Tensor) -> None:
@@ -55,6 +63,25 @@ class Plain:
         loss = torch.nn.functional.cross_entropy(self.net(batch["image"]), batch["label"])
         self._update(self.opt, loss)
         return {"loss": loss.detach()}
+
+    def progan_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        hp, real = self.cfg.model, batch["image"][:self.n]
+        fake = self.g(torch.randn(self.n, self.latent, device=real.device), resolution=self.resolution)
+        self.d.requires_grad_(True)
+        real_out, fake_out = self.d(real), self.d(fake.detach())
+        gp = gradient_penalty(lambda x, y=None: self.d(x), real, fake)
+        loss_d = d_loss_wasserstein(real_out, fake_out) + hp.gp_lambda * gp + hp.eps_drift * real_out.pow(2).mean()
+        self._update(self.opt_d, loss_d)
+        self.d.requires_grad_(False)
+        loss_g = g_loss_score(self.d(fake))
+        self._update(self.opt_g, loss_g)
+        if self.g_ema is not None:
+            beta = ema_beta(self.seen, self.n, hp.ema_kimg, hp.ema_rampup)
+            with torch.no_grad():
+                for ema, param in zip(self.g_ema.parameters(), self.g.parameters()):
+                    ema.lerp_(param, 1.0 - beta)
+        self.seen += self.n
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
 
     def gan_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         real = batch["image"]
