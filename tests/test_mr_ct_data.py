@@ -313,3 +313,32 @@ def test_config_instantiates_with_hydra(tmp_path):
     dm = instantiate(cfg.data)
     assert (cfg.data.channels_a, cfg.data.channels_b) == (5, 1) and len(dm.val_patients) == 1
     assert next(iter(dm.val_dataloader()))["a"].shape == (4, 5, 24, 24)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slices_come_from_a_slice_first_copy_written_once(tmp_path, axis):
+    from ganlab.data.slices import VolumeSlices
+
+    rng = np.random.default_rng(axis)
+    volume = rng.normal(size=(5, 6, 7)).astype(np.float32)
+    mask = (rng.random((5, 6, 7)) > 0.5).astype(np.float32)
+    arrays = {"a": tmp_path / "a.npy", "mask": tmp_path / "mask.npy"}
+    np.save(arrays["a"], volume)
+    np.save(arrays["mask"], mask)
+    slices = VolumeSlices([arrays], [volume.shape], axis, size=8)
+    for s in range(volume.shape[axis]):
+        index = np.clip(np.arange(s - 1, s + 2), 0, volume.shape[axis] - 1)
+        expected = np.moveaxis(np.take(volume, index, axis=axis), axis, 0)
+        got = slices.take(0, "a", s, context=1)
+        h, w = expected.shape[1:]
+        top, left = (8 - h) // 2, (8 - w) // 2
+        assert np.array_equal(got[:, top:top + h, left:left + w], expected)  # padded with air around it
+    other = tuple(i for i in range(3) if i != axis)
+    np.testing.assert_allclose(slices.mask_fractions(0), mask.mean(axis=other), rtol=1e-6)
+    copies = sorted(p.name for p in tmp_path.glob("*.axis*.npy"))
+    assert copies == ([] if axis == 0 else [f"a.axis{axis}.npy", f"mask.axis{axis}.npy"])
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.axis*.npy")}
+    again = VolumeSlices([arrays], [volume.shape], axis, size=8)
+    again.take(0, "a", 0)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.axis*.npy")} == stamps  # reused, not rewritten
+    assert not list(tmp_path.glob(".*tmp"))
