@@ -141,9 +141,18 @@ def sync(device: torch.device) -> None:
 
 # --- the plain loop -------------------------------------------------------------------------------------
 
+def fresh_compiler() -> None:
+    """Forget compiled code between runs. Dynamo keeps its entries per code object, so every model instance of
+    this process (each row, each side) adds its variants of e.g. the discriminator's `forward` to the same list;
+    past `recompile_limit` (8) new ones silently run eagerly (seen for DCGAN on the H100, run 1). Inductor's own
+    on-disk cache still makes the second compile of the same graph quick."""
+    torch._dynamo.reset()
+
+
 def time_plain(cfg: Any, family: Family, variant: Variant, device: torch.device, batches: list[dict[str, Tensor]],
                warmup: int, steps: int) -> dict[str, Any]:
     """The plain loop with the same settings the Performance callback resolves for this device."""
+    fresh_compiler()
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device)
     perf = instantiate(cfg.perf, **{k: v for k, v in variant.perf.items() if v is not None})
@@ -243,6 +252,7 @@ class DeviceBatches(pl.LightningDataModule):
 
 def time_ganlab(cfg: Any, family: Family, variant: Variant, device: torch.device, batches: list[dict[str, Tensor]],
                 warmup: int, steps: int) -> dict[str, Any]:
+    fresh_compiler()
     torch.manual_seed(0)
     model = instantiate(cfg.model)
     if family.kind == "progan":  # time the final, stable stage (the plain loop trains there too)
