@@ -65,6 +65,21 @@ def test_a_network_whose_backward_fails_to_compile_stays_eager_and_the_probe_lea
                                     "1.num_batches_tracked"}  # checkpoints keep their keys
 
 
+def test_the_probe_replays_a_call_under_the_autocast_it_was_recorded_in():
+    torch._dynamo.reset()
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    compiler = CompiledNetworks({"net": net}, backend="aot_eager")
+    compiler.record()
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):  # as Lightning's bf16-mixed runs a step
+        net(torch.randn(2, 4)).float().sum().backward()
+    (call,) = compiler.calls["net"].values()
+    assert call.autocast == ("cpu", torch.bfloat16, False) and call.grad_enabled
+    compiler.finish()
+    assert compiler.compiled == ["net"]
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        assert net(torch.randn(2, 4)).dtype == torch.bfloat16  # the compiled call keeps autocast's dtype
+
+
 def test_performance_options_are_validated_and_auto_means_off_on_cpu():
     with pytest.raises(GanlabError, match="perf.compile='maybe'"):
         Performance(compile="maybe")

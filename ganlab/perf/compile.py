@@ -28,7 +28,7 @@ from torch import Tensor, nn
 class _Call:
     args: tuple[Any, ...]
     grad_enabled: bool
-    autocast: tuple[str, bool, torch.dtype] | None
+    autocast: tuple[str, torch.dtype, bool] | None  # device type, dtype, cache enabled
     trainable: tuple[bool, ...]
 
 
@@ -40,10 +40,11 @@ def _signature(args: tuple[Any, ...], trainable: tuple[bool, ...], grad: bool, a
     return tuple(one(a) for a in args), trainable, grad, autocast
 
 
-def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype] | None:
+def _autocast_state(device_type: str) -> tuple[str, torch.dtype, bool] | None:
+    """As the step runs it (Lightning's bf16 autocast has its cache off), so the probe compiles the same variant."""
     if not torch.is_autocast_enabled(device_type):
         return None
-    return device_type, True, torch.get_autocast_dtype(device_type)
+    return device_type, torch.get_autocast_dtype(device_type), torch.is_autocast_cache_enabled()
 
 
 class CompiledNetworks:
@@ -116,8 +117,8 @@ def _probe(net: nn.Module, call: _Call) -> None:
     devices = sorted({a.device.index or 0 for a in call.args if isinstance(a, Tensor) and a.is_cuda})
     args = tuple(a.detach().clone().requires_grad_(a.requires_grad) if isinstance(a, Tensor) else a
                  for a in call.args)
-    autocast = (torch.autocast(call.autocast[0], dtype=call.autocast[2]) if call.autocast
-                else torch.autocast("cpu", enabled=False))
+    autocast = (torch.autocast(call.autocast[0], dtype=call.autocast[1], cache_enabled=call.autocast[2])
+                if call.autocast else torch.autocast("cpu", enabled=False))
     try:
         for p, trainable in zip(params, call.trainable):
             p.requires_grad_(trainable)
