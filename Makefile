@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/ganlab train $(ARGS)
 
-# One pytest worker per core (pytest-xdist); PYTEST_ARGS="-n 0 tests/test_x.py" runs serially.
-PYTEST_ARGS ?= -n auto
+# One pytest worker per core (pytest-xdist), idle workers stealing queued tests (the long end-to-end tests would
+# otherwise leave one core idle at the end); PYTEST_ARGS="-n 0 tests/test_x.py" runs serially.
+PYTEST_ARGS ?= -n auto --dist worksteal
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
