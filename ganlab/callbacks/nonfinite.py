@@ -33,8 +33,11 @@ class NonFiniteLossGuard(pl.Callback):
             raise GanlabError(f"NonFiniteLossGuard: need check_every_n_steps >= 1 and max_skips >= 0, got "
                               f"{check_every_n_steps}, {max_skips}")
         self.policy, self.check_every_n_steps, self.max_skips = policy, check_every_n_steps, max_skips
-        self._first_bad: dict[str, Tensor] = {}  # loss key -> first global step where it was non-finite (-1)
-        self._first_bad_value: dict[str, Tensor] = {}
+        # Per loss key seen so far: the first global step where it was non-finite (-1: never), and that value.
+        self._keys: list[str] = []
+        self._first_bad: Tensor | None = None
+        self._first_bad_value: Tensor | None = None
+        self._finite: Tensor | None = None
         self.skipped = 0
         self._skips_in_a_row = 0
 
@@ -52,25 +55,33 @@ class NonFiniteLossGuard(pl.Callback):
         if not keys:
             return
         # One stacked check for all loss terms: a handful of small kernels per batch, no host sync.
-        values = torch.stack([logs[k].detach().float().reshape(-1)[0] for k in keys])
-        for key in keys:
-            if key not in self._first_bad:
-                self._first_bad[key] = torch.full((), -1, dtype=torch.long, device=values.device)
-                self._first_bad_value[key] = torch.zeros((), device=values.device)
-        first = torch.stack([self._first_bad[k] for k in keys])
-        newly_bad = ~torch.isfinite(values) & (first < 0)
-        first = torch.where(newly_bad, step, first)
-        seen = torch.where(newly_bad, values, torch.stack([self._first_bad_value[k] for k in keys]))
-        for i, key in enumerate(keys):
-            self._first_bad[key], self._first_bad_value[key] = first[i], seen[i]
+        new = [k for k in keys if k not in self._keys]  # e.g. loss_g first appears on the first G step
+        if new:
+            device = logs[keys[0]].device
+            self._keys += new
+            grow = torch.full((len(new),), -1, dtype=torch.long, device=device)
+            zeros = torch.zeros(len(new), device=device)
+            self._first_bad = grow if self._first_bad is None else torch.cat([self._first_bad, grow])
+            self._first_bad_value = (zeros if self._first_bad_value is None
+                                     else torch.cat([self._first_bad_value, zeros]))
+            self._finite = torch.zeros((), device=device)
+        # Keys absent this step (G skipped under n_critic) count as finite.
+        values = torch.stack([logs[k].detach().float().reshape(-1)[0] if k in logs else self._finite
+                              for k in self._keys])
+        newly_bad = ~torch.isfinite(values) & (self._first_bad < 0)
+        self._first_bad = torch.where(newly_bad, step, self._first_bad)
+        self._first_bad_value = torch.where(newly_bad, values, self._first_bad_value)
         if (batch_idx + 1) % self.check_every_n_steps == 0:
             self._raise_if_bad()
 
     def _raise_if_bad(self) -> None:
-        bad = {k: int(v) for k, v in self._first_bad.items() if int(v) >= 0}  # the one host sync
+        if self._first_bad is None:
+            return
+        steps = self._first_bad.tolist()  # the one host sync
+        bad = {k: s for k, s in zip(self._keys, steps) if s >= 0}
         if bad:
             key = min(bad, key=lambda k: (bad[k], k))
-            value = float(self._first_bad_value[key])
+            value = float(self._first_bad_value[self._keys.index(key)])
             raise GanlabError(f"{key} became {value} at step {bad[key]}; stopped, and the last checkpoint "
                               "written before it was kept (lower the learning rates, check the data for "
                               "NaN, or set nan_policy=skip)")

@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ganlab.models.step_logging import log_train_values
-
 from ganlab.errors import GanlabError
+from ganlab.models.step_logging import log_train_values
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 

@@ -18,12 +18,12 @@ from torch import Tensor, nn
 from ganlab.models.step_logging import log_train_values
 from ganlab.nets.layers import check_labels
 from ganlab.losses import discriminator_probability, get_loss, gradient_penalty, r1_penalty
-from ganlab.perf.cuda_graph import StepGraph, count_optimizer_steps, optimizer_step_graph
+from ganlab.perf.cuda_graph import CapturableIteration
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
-class GAN(pl.LightningModule):
+class GAN(CapturableIteration, pl.LightningModule):
     def __init__(
         self,
         generator: nn.Module,
@@ -60,8 +60,6 @@ class GAN(pl.LightningModule):
         self.register_buffer("fixed_z", torch.randn(num_fixed_samples, self.latent_dim, generator=rng))
         self.register_buffer("fixed_y", torch.arange(num_fixed_samples) % max(self.num_classes, 1))
         self.register_buffer("d_steps", torch.zeros((), dtype=torch.long))
-        # Set by the Performance callback (perf.cuda_graph): replays the whole training iteration.
-        self.step_graph: StepGraph | None = None
 
     def _validate(self, generator: nn.Module, discriminator: nn.Module) -> None:
         hp = self.hparams
@@ -132,19 +130,16 @@ class GAN(pl.LightningModule):
             check_labels(type(self.generator).__name__, batch["label"].cpu(), self.num_classes, len(batch["label"]))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        real, y = batch["image"], self._labels(batch)
-        if self.step_graph is not None:  # the whole iteration as one CUDA graph (ganlab.perf.cuda_graph)
-            logs = self.step_graph({"real": real} if y is None else {"real": real, "y": y})
-            count_optimizer_steps(self.trainer, 2)
-        else:
-            opt_g, opt_d = self.optimizers()
-            logs = self.iteration(real, y, opt_g, opt_d, self.manual_backward)
+        y = self._labels(batch)
+        # Eager, or replayed as one CUDA graph (perf.cuda_graph, ganlab.perf.cuda_graph.CapturableIteration).
+        logs = self.run_iteration({"real": batch["image"]} if y is None else {"real": batch["image"], "y": y})
         log_train_values(self, logs)  # tensors, written every log_every_n_steps batches (no host sync)
 
-    def iteration(self, real: Tensor, y: Tensor | None, opt_g: Any, opt_d: Any,
+    def iteration(self, inputs: dict[str, Tensor], opt_g: Any, opt_d: Any,
                   backward: Callable[[Tensor], None]) -> dict[str, Tensor]:
-        """One D step, then (every n_critic D steps) one G step; returns the values to log."""
+        """One D step, then (every n_critic D steps) one G step on {"real", "y"?}; returns the values to log."""
         hp = self.hparams
+        real, y = inputs["real"], inputs.get("y")
         fake = self.generator(self.sample_z(real.shape[0]), y)
         logs: dict[str, Tensor] = {}
 
@@ -180,20 +175,10 @@ class GAN(pl.LightningModule):
         return {**logs, **self._scores("train", real_out, fake_out)}
 
     def cuda_graph_unsupported(self) -> str | None:
-        """Why the training iteration cannot be one CUDA graph, or None if it can."""
         if self.hparams.n_critic != 1:
             return (f"model.n_critic={self.hparams.n_critic}: the G step depends on a step counter read on the host, "
                     "which a CUDA graph cannot replay")
         return None
-
-    def capture_step(self) -> StepGraph:
-        """The training iteration as a CUDA graph (see ganlab.perf.cuda_graph), on the raw optimizers."""
-        opt_g, opt_d = (opt.optimizer for opt in self.optimizers())
-
-        def step(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-            return self.iteration(inputs["real"], inputs.get("y"), opt_g, opt_d, Tensor.backward)
-
-        return optimizer_step_graph(step, [opt_g, opt_d])
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -22,13 +22,15 @@ from ganlab.errors import GanlabError
 from ganlab.losses import get_loss
 from ganlab.models.step_logging import host_scalar, log_train_values
 from ganlab.models.translation import ImageTranslation
-from ganlab.perf.cuda_graph import StepGraph, count_optimizer_steps, optimizer_step_graph
+from ganlab.perf.cuda_graph import CapturableIteration
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
-class Pix2Pix(ImageTranslation):
+class Pix2Pix(CapturableIteration, ImageTranslation):
     directions = ("a2b",)
+    # Not measured on a GPU yet: perf.cuda_graph=auto leaves pix2pix eager until it is (see benchmarks/).
+    cuda_graph_auto = False
 
     def __init__(
         self,
@@ -69,7 +71,6 @@ class Pix2Pix(ImageTranslation):
                               f"in_channels={g_out} (b's channels), got cond_channels={d_cond}, in_channels={d_in}")
         self.g_ab, self.d_b = g_ab, d_b
         self.optimizer_factory = optimizer or torch.optim.Adam
-        self.step_graph: StepGraph | None = None  # set by the Performance callback (perf.cuda_graph=true)
 
     def generator_for(self, direction: str) -> nn.Module:
         return self.g_ab
@@ -99,20 +100,16 @@ class Pix2Pix(ImageTranslation):
         return {"loss_g": adv + self.hparams.lambda_l1 * l1, "loss_g_adv": adv, "loss_l1": l1}
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        a, b, mask = batch["a"], batch["b"], batch.get("mask")
-        opt_g, opt_d = self.optimizers()
-        if self.step_graph is not None:  # the whole iteration as one CUDA graph (perf.cuda_graph=true)
-            logs = self.step_graph({"a": a, "b": b} if mask is None else {"a": a, "b": b, "mask": mask})
-            count_optimizer_steps(self.trainer, 2)
-        else:
-            logs = self.iteration(a, b, mask, opt_g, opt_d, self.manual_backward)
+        # Eager, or replayed as one CUDA graph (perf.cuda_graph=true, ganlab.perf.cuda_graph.CapturableIteration).
+        logs = self.run_iteration({k: batch[k] for k in ("a", "b", "mask") if k in batch})
         for scheduler in self.lr_schedulers():  # per G step (a learning-rate tensor is filled in place)
             scheduler.step()
-        log_train_values(self, {**logs, "train/lr": host_scalar(opt_g.param_groups[0]["lr"])})
+        log_train_values(self, {**logs, "train/lr": host_scalar(self.optimizers()[0].param_groups[0]["lr"])})
 
-    def iteration(self, a: Tensor, b: Tensor, mask: Tensor | None, opt_g: Any, opt_d: Any,
+    def iteration(self, inputs: dict[str, Tensor], opt_g: Any, opt_d: Any,
                   backward: Callable[[Tensor], None]) -> dict[str, Tensor]:
-        """One D step, then one G step against the updated D; returns the values to log."""
+        """One D step, then one G step against the updated D on {"a", "b", "mask"?}; returns the values to log."""
+        a, b, mask = inputs["a"], inputs["b"], inputs.get("mask")
         fake_b = self.g_ab(a)
         with self.toggled_optimizer(opt_d):
             loss_d = self.d_loss(a, b, fake_b)
@@ -125,19 +122,3 @@ class Pix2Pix(ImageTranslation):
             backward(g["loss_g"])
             opt_g.step()
         return {"train/loss_d": loss_d.detach(), **{f"train/{k}": v.detach() for k, v in g.items()}}
-
-    # Not measured on a GPU yet: perf.cuda_graph=auto leaves pix2pix eager until it is (see benchmarks/).
-    cuda_graph_auto = False
-
-    def cuda_graph_unsupported(self) -> str | None:
-        return None
-
-    def capture_step(self) -> StepGraph:
-        """The training iteration as one CUDA graph on the raw optimizers (dropout and BatchNorm statistics
-        replay on the device; the LR schedule is stepped outside, into learning-rate tensors)."""
-        opt_g, opt_d = (opt.optimizer for opt in self.optimizers())
-
-        def step(inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-            return self.iteration(inputs["a"], inputs["b"], inputs.get("mask"), opt_g, opt_d, Tensor.backward)
-
-        return optimizer_step_graph(step, [opt_g, opt_d])

@@ -17,7 +17,7 @@ memory pool).
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -105,3 +105,32 @@ def count_optimizer_steps(trainer: object, n: int) -> None:
     for _ in range(n):
         progress.increment_ready()
         progress.increment_completed()
+
+
+class CapturableIteration:
+    """Mixin for a manual-optimization LightningModule whose training iteration is
+    `iteration(inputs, *optimizers, backward) -> values to log`: `run_iteration` replays it as one CUDA graph once
+    the Performance callback has set `step_graph` (from `capture_step`), else runs it eagerly through Lightning's
+    optimizer wrappers and `manual_backward`. The same code thus runs both ways."""
+
+    step_graph: StepGraph | None = None
+    cuda_graph_auto = True  # whether perf.cuda_graph=auto turns the graph on (measured to pay on a GPU)
+
+    def iteration(self, inputs: dict[str, Tensor], *args: Any) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def cuda_graph_unsupported(self) -> str | None:
+        """Why the iteration cannot be one CUDA graph, or None if it can."""
+        return None
+
+    def run_iteration(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        if self.step_graph is None:
+            return self.iteration(inputs, *self.optimizers(), self.manual_backward)
+        logs = self.step_graph(inputs)
+        count_optimizer_steps(self.trainer, len(self.optimizers()))
+        return logs
+
+    def capture_step(self) -> StepGraph:
+        """The iteration on the raw (capturable) optimizers, with plain `Tensor.backward`, as a StepGraph."""
+        optimizers = [opt.optimizer for opt in self.optimizers()]
+        return optimizer_step_graph(lambda inputs: self.iteration(inputs, *optimizers, Tensor.backward), optimizers)
