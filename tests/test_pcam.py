@@ -129,12 +129,28 @@ def test_uint8_batches_decoded_after_the_transfer_equal_the_float_path(fixtures,
         dm.setup("fit")
     expected = next(iter(float_path.val_dataloader()))
     carried = next(iter(uint8_path.val_dataloader()))  # through 2 worker processes
-    assert carried["image"].dtype == torch.uint8 and carried["image"].shape == (5, 3, 96, 96)
+    assert carried["image"].dtype == torch.uint8 and carried["image"].shape == (5, 96, 96, 3)  # as stored
     decoded = uint8_path.on_after_batch_transfer(carried, 0)
+    assert decoded["image"].shape == (5, 3, image_size, image_size)
     assert torch.equal(decoded["image"], expected["image"]) and torch.equal(decoded["label"], expected["label"])
     assert uint8_path.datasets["val"][0]["image"].dtype == torch.float32  # explain & co. still get floats
     with pytest.raises(GanlabError, match="data.decode_on_device='gpu'"):
         PCamDataModule(root=str(fixtures["chunked"]), decode_on_device="gpu")
+
+
+def test_auto_workers_only_for_files_that_need_inflating(fixtures, monkeypatch):
+    # With a GPU, `auto` means workers; memory-mapped (contiguous) files are read faster in the main process.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    loaders = {}
+    for storage in ("contiguous", "chunked"):
+        dm = PCamDataModule(root=str(fixtures[storage]), num_workers="auto", pin_memory="auto")
+        dm.setup("fit")
+        loaders[storage] = dm.train_dataloader()
+    assert loaders["contiguous"].num_workers == 0 and loaders["contiguous"].pin_memory
+    assert loaders["chunked"].num_workers >= 1 and loaders["chunked"].persistent_workers
+    dm = PCamDataModule(root=str(fixtures["contiguous"]), num_workers=2)  # an explicit count is kept
+    dm.setup("fit")
+    assert dm.train_dataloader().num_workers == 2
 
 
 def test_default_root_generates_once_atomically(tmp_path):

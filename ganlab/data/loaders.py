@@ -81,8 +81,14 @@ class SplitDataModule(pl.LightningDataModule):
         """What the DataLoader of `split` reads (a module may serve a leaner form than `datasets` holds)."""
         return self.datasets[split]
 
+    def loader_workers(self, split: str) -> int | str:
+        """`num_workers` for the loader of `split` (a module whose reads are cheaper than a worker's hand-over of
+        a batch may answer 0 for `auto`)."""
+        return self.num_workers
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return split_loader(self.loader_dataset(split), self.batch_size, shuffle, self.num_workers, self.pin_memory)
+        return split_loader(self.loader_dataset(split), self.batch_size, shuffle, self.loader_workers(split),
+                            self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

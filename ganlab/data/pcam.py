@@ -161,8 +161,9 @@ class PCamDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> BatchedSamples:
         raw = self.read_uint8(indices)
-        # uint8_batches: (N, 3, 96, 96) uint8, a quarter of the bytes from a worker; decode_on_device finishes it.
-        images = raw.permute(0, 3, 1, 2).contiguous() if self.uint8_batches else self.to_float(raw)
+        # uint8_batches: (N, 96, 96, 3) uint8 as stored, a quarter of the bytes from a worker and no transpose on
+        # the host (a uint8 NHWC -> NCHW copy cost more than the read itself); decode_on_device finishes it.
+        images = raw if self.uint8_batches else self.to_float(raw)
         labels = self.labels[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
         return BatchedSamples({"image": images, "label": labels})
 
@@ -184,8 +185,10 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def decode_on_device(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, 3, 96, 96) uint8 -> float in [-1, 1] at size x size: PCamDataset.to_float, after the copy to the GPU."""
-    return resize(images.float().div_(127.5).sub_(1.0), size)
+    """(N, 96, 96, 3) uint8 -> (N, 3, size, size) float in [-1, 1]: PCamDataset.to_float, after the copy to the GPU.
+    The result keeps the stored pixel order in memory (channels-last strides), the layout ganlab's GPU default
+    (`perf.channels_last`) runs its convolutions in."""
+    return resize(images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0), size)
 
 
 class PCamDataModule(SplitDataModule):
@@ -221,8 +224,8 @@ class PCamDataModule(SplitDataModule):
         self.image_size, self.num_classes = int(image_size), int(num_classes)
         if decode_on_device not in (True, False, "auto"):
             raise GanlabError(f"data.decode_on_device={decode_on_device!r}: expected true, false or auto")
-        # auto: with a CUDA GPU. Workers then send uint8 batches (4x fewer bytes through shared memory, the limit
-        # of a fast reader: benchmarks/data_pipeline_h100.md) and the GPU converts them after the copy.
+        # auto: with a CUDA GPU. Loaders then carry uint8 batches as stored (4x fewer bytes through a worker's
+        # shared memory, the limit of a fast reader: benchmarks/data_pipeline_h100.md) and the GPU converts them.
         self.decode_on_device = torch.cuda.is_available() if decode_on_device == "auto" else decode_on_device
         self.datasets: dict[str, PCamDataset] = {}
         if self.root is not None:  # fail before a run dir is set up, not minutes into training
@@ -246,6 +249,15 @@ class PCamDataModule(SplitDataModule):
     def loader_dataset(self, split: str) -> PCamDataset:
         dataset = self.datasets[split]
         return dataset.with_uint8_batches() if self.decode_on_device else dataset
+
+    def loader_workers(self, split: str) -> int | str:
+        # auto and memory-mappable (contiguous, uncompressed) files: the main process copies a batch out of the
+        # page cache faster than a worker can hand one over through shared memory (one worker: ~24k patches/s,
+        # the main process: ~190k, uint8, benchmarks/data_pipeline.md), so workers only pay for compressed or
+        # chunked files, where each patch costs an inflate.
+        if self.num_workers == "auto" and self.datasets[split].uses_memmap:
+            return 0
+        return self.num_workers
 
     def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
         if batch["image"].dtype == torch.uint8:
