@@ -131,6 +131,36 @@ def test_image_pool_mixes_history_and_round_trips():
     assert torch.equal(ImagePool(0).query(probe), probe)
 
 
+def _one_image_at_a_time(pool: list[torch.Tensor], size: int, rng: torch.Generator, fakes: torch.Tensor):
+    """The pool's algorithm as Shrivastava et al. / the CycleGAN reference state it: one image at a time."""
+    out = []
+    for fake in fakes:
+        if len(pool) < size:
+            pool.append(fake.clone())
+            out.append(fake)
+        elif torch.rand((), generator=rng) < 0.5:
+            i = int(torch.randint(size, (), generator=rng))
+            out.append(pool[i])
+            pool[i] = fake.clone()
+        else:
+            out.append(fake)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("size", [1, 4, 7])
+def test_image_pool_batched_equals_one_image_at_a_time(size):
+    # Batches of 1..6 so that filling ends inside a batch and one slot is often drawn twice in a batch.
+    pool, reference, rng = ImagePool(size, seed=5), [], torch.Generator().manual_seed(5)
+    batches = [torch.randn(n, 2, 3, 3) for n in [3, 1, 6, 5, 2, 6, 6, 4] * 4]
+    for fakes in batches:
+        assert torch.equal(pool.query(fakes), _one_image_at_a_time(reference, size, rng, fakes))
+        assert torch.equal(pool.images, torch.stack(reference)) and len(pool) == len(reference)
+    resumed = ImagePool(size)
+    resumed.load_state_dict(pool.state_dict())
+    for fakes in batches[:5]:  # a restored pool goes on with the same history and draws
+        assert torch.equal(resumed.query(fakes), _one_image_at_a_time(reference, size, rng, fakes))
+
+
 def test_linear_decay_schedule_per_g_step():
     decay = LinearDecay(total=100, start=50)
     assert [decay(k) for k in (0, 49, 50, 60, 75, 100, 120)] == [1, 1, 1, 0.8, 0.5, 0, 0]
@@ -249,8 +279,8 @@ def test_cyclegan_fit_decays_lr_and_resume_restores_pools_and_schedulers(tmp_pat
     resumed = build()
     assert len(resumed.pool_a) == 0
     trainer = _fit(resumed, tmp_path, 8, ckpt_path=ckpt)  # already at max_steps: restore only
-    assert torch.equal(torch.stack(resumed.pool_a.images), torch.stack(model.pool_a.images))
-    assert torch.equal(torch.stack(resumed.pool_b.images), torch.stack(model.pool_b.images))
+    assert torch.equal(resumed.pool_a.images, model.pool_a.images)
+    assert torch.equal(resumed.pool_b.images, model.pool_b.images)
     assert [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs] == [4, 4]
     assert trainer.optimizers[0].param_groups[0]["lr"] == 0.0  # restored at the end of the decay
     # Resumed with a doubled budget: same step count, the decay now spans G steps 4..8 of the new run.
