@@ -21,6 +21,7 @@ from ganlab.errors import GanlabError
 from ganlab.models.gan import GAN
 from ganlab.nets.mlp import MLPDiscriminator, MLPGenerator
 from ganlab.perf.compile import CompiledNetworks
+from ganlab.perf.cuda_graph import count_optimizer_steps
 
 
 def _planted_backward_failure():
@@ -157,6 +158,34 @@ def test_train_values_go_to_lightning_only_on_the_batches_its_loggers_write():
     trainer.fit(model, _loader())
     assert len(seen) == 9 and len(handed_over) == 3  # batches 3, 6 and 9 of 9
     assert handed_over[0] == seen[0] and {"train/loss_d", "train/loss_g", "train/D(x)"} <= set(seen[0])
+
+
+def test_optimizer_steps_taken_outside_lightnings_wrappers_are_counted():
+    """A replayed CUDA graph steps the raw optimizer; count_optimizer_steps keeps Lightning's step count
+    (max_steps, checkpoint names) right. It reaches into Lightning's loop state, so this pins that on the CPU."""
+    class RawSteps(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.net = nn.Linear(2, 1)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.net.parameters(), lr=0.1)
+
+        def training_step(self, batch, batch_idx):
+            raw = self.optimizers().optimizer  # not Lightning's wrapper: as a graph replay would
+            for _ in range(2):  # two optimizer steps per batch, like a GAN's D and G
+                self.net(batch).square().mean().backward()
+                raw.step()
+                raw.zero_grad()
+            count_optimizer_steps(self.trainer, 2)
+
+    model = RawSteps()
+    loader = DataLoader(torch.randn(64, 2), batch_size=4)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=10, max_epochs=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, loader)
+    assert trainer.global_step == 10 and trainer.fit_loop.epoch_loop.batch_progress.total.completed == 5
 
 
 def test_train_with_compile_then_sample_from_its_checkpoint(tmp_path, data_dir):
