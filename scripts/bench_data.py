@@ -167,7 +167,19 @@ def bench_pcam(args: argparse.Namespace, device: torch.device, scratch: Path) ->
     rows = ["| files | num_workers | ganlab PCamDataset (img/s) | torchvision PCAM (img/s) | ratio | ganlab, "
             "pin_memory=False (img/s) | ganlab, uint8 batches decoded on the device (img/s) | ratio |",
             "|---|---|---|---|---|---|---|---|"]
+    handover = ["| files | num_workers | uint8 batches handed over (img/s) |", "|---|---|---|"]
     notes, profiles = [], []
+
+    def rate(ds: torch.utils.data.Dataset, key: str, workers: int, pin: bool = device.type == "cuda",
+             finish: Callable[[dict], object] = lambda b: b) -> float:
+        # Untimed: start-up and the batches the workers prefetch meanwhile (2 each), so the timed ones are made
+        # while timing; at least 4 timed batches per worker.
+        loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=pin,
+                            collate_fn=collate if isinstance(ds, PCamDataset) else None,  # each loader as it ships
+                            generator=torch.Generator().manual_seed(0))
+        skip = 1 + 2 * workers
+        return loader_rate(loader, device, min(max(timed[key], 4 * workers), len(ds) // batch - skip), skip, finish)
+
     for name, root in roots.items():
         x_path, y_path = (split_files(root, "train") if args.pcam_root else
                           tuple(root / "pcam" / f for f in file_names("train")))
@@ -175,25 +187,18 @@ def bench_pcam(args: argparse.Namespace, device: torch.device, scratch: Path) ->
         ours = PCamDataset(x_path, y_path)
         reference = PCAM(str(root), split="train", transform=ToTensor()) if data_dir_of(root) != root else None
         for workers in (0, 4):
-            def rate(ds: torch.utils.data.Dataset, key: str, pin: bool = device.type == "cuda",
-                     finish: Callable[[dict], object] = lambda b: b) -> float:
-                # Untimed: start-up and the batches the workers prefetch meanwhile (2 each), so the timed ones
-                # are made while timing; at least 4 timed batches per worker.
-                loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=pin,
-                                    collate_fn=None if ds is reference else collate,  # each loader as it ships
-                                    generator=torch.Generator().manual_seed(0))
-                skip = 1 + 2 * workers
-                return loader_rate(loader, device, min(max(timed[key], 4 * workers), len(ds) // batch - skip), skip,
-                                   finish)
-            fast = rate(ours, "ours")
-            slow = rate(reference, "torchvision") if reference is not None else float("nan")
-            unpinned = f"{rate(ours, 'ours', pin=False):,.0f}" if device.type == "cuda" else "-"
+            fast = rate(ours, "ours", workers)
+            slow = rate(reference, "torchvision", workers) if reference is not None else float("nan")
+            unpinned = f"{rate(ours, 'ours', workers, pin=False):,.0f}" if device.type == "cuda" else "-"
             # data.decode_on_device (auto: on with a GPU): workers carry uint8, the device makes the floats.
-            carried = rate(ours.with_uint8_batches(), "ours",
+            carried = rate(ours.with_uint8_batches(), "ours", workers,
                            finish=lambda b: b.update(image=decode_on_device(b["image"], SIZE)))
             rows.append(f"| {name} | {workers} | {fast:,.0f} | {slow:,.0f} | {fast / slow:.1f}x | {unpinned} | "
                         f"{carried:,.0f} | {carried / slow:.1f}x |")
             print(rows[-1], flush=True)
+        for workers in (0, 1, 2):  # what num_workers=auto weighs: reading in the main process vs a worker's hand-over
+            handover.append(f"| {name} | {workers} | {rate(ours.with_uint8_batches(), 'ours', workers):,.0f} |")
+            print(handover[-1], flush=True)
         profiles += [f"ganlab, {name}, num_workers=0, {batch} per batch:", "",
                      *profile_batches(ours, batch, 3 if args.quick else 6), ""]
     return ["Shuffled DataLoader (batch 256, per-sample random order; ganlab reads each batch's indices in sorted "
@@ -201,6 +206,9 @@ def bench_pcam(args: argparse.Namespace, device: torch.device, scratch: Path) ->
             "batches moved to the device; untimed: the first batch (start-up) and, with workers, the 2 batches "
             "each worker prefetches meanwhile. Files written fresh, so in the "
             "page cache: this is read + decode overhead, not disk speed.", "", *notes, "", *rows, "",
+            "The uint8 batches alone (as data.decode_on_device carries them, moved to the device, not decoded): "
+            "what a worker's hand-over through shared memory costs against reading in the main process, the "
+            "choice num_workers=auto makes per file layout.", "", *handover, "",
             "Where ganlab's time goes (cProfile, own time, main process):", "", *profiles]
 
 
