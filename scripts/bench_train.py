@@ -41,8 +41,11 @@ from ganlab.callbacks.nonfinite import NonFiniteLossGuard
 from ganlab.callbacks.performance import Performance, trainable_networks
 from ganlab.callbacks.signals import SignalCheckpoint
 from ganlab.perf.compile import CompiledNetworks
+from ganlab.perf.cuda_check import skip_unloadable_nvml_check
 from ganlab.perf.cuda_graph import StepGraph
 from plain_steps import Plain  # scripts/plain_steps.py
+
+skip_unloadable_nvml_check()  # as Performance() does, here for both sides (ganlab/perf/cuda_check.py)
 
 
 @dataclass

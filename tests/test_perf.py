@@ -5,6 +5,7 @@ where a GPU is present (scripts/bench_gpu.sh runs this file there)."""
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -109,6 +110,17 @@ def _loader(n: int = 64, batch: int = 8, pin_memory: bool = False) -> DataLoader
     images = torch.rand(n, 1, 4, 4) * 2 - 1
     return DataLoader([{"image": x} for x in images], batch_size=batch, shuffle=True, drop_last=True,
                       pin_memory=pin_memory)
+
+
+@pytest.mark.parametrize("loadable", [False, True])
+def test_lightnings_nvml_check_is_dropped_only_where_nvml_cannot_load(monkeypatch, loadable):
+    from ganlab.perf import cuda_check
+    monkeypatch.setenv(cuda_check.VARIABLE, "1")  # what importing Lightning does; restored after the test
+    monkeypatch.setattr(cuda_check, "nvml_loadable", lambda: loadable)
+    available = torch.cuda.is_available()
+    Performance()
+    assert (os.environ.get(cuda_check.VARIABLE) == "1") == loadable
+    assert torch.cuda.is_available() == available  # the answer does not change, only how it is found
 
 
 def test_performance_callback_wires_fused_adam_channels_last_and_compile_on_cpu():

@@ -20,6 +20,7 @@ from torch import nn
 
 from ganlab.errors import GanlabError
 from ganlab.perf.compile import CompiledNetworks
+from ganlab.perf.cuda_check import skip_unloadable_nvml_check
 
 AUTO = "auto"
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -55,6 +56,7 @@ class Performance(pl.Callback):
     def __init__(self, compile: bool | str = AUTO, compile_mode: str | None = None, compile_backend: str = "inductor",
                  cuda_graph: bool | str = AUTO, channels_last: bool | str = AUTO, fused_optimizer: bool | str = AUTO,
                  cudnn_benchmark: bool | str = AUTO, matmul_precision: str = "high") -> None:
+        skip_unloadable_nvml_check()
         if compile_mode not in COMPILE_MODES:
             raise GanlabError(f"perf.compile_mode={compile_mode!r}: expected one of "
                               f"{', '.join(str(m) for m in COMPILE_MODES)}")
