@@ -34,7 +34,7 @@ for p in $PARTS; do case $p in
   pix2pix) part 110 $B --families pix2pix --variants default graph ;;
   # The references as they ship: fp32, batch 1, no compile.
   reference) part 40 $B --families cyclegan pix2pix --variants eager-fp32-b1 --warmup 3 --steps 10 ;;
-  data) part 50 "$PY" scripts/bench_data.py --device cuda --quick --out "$OUT_DIR/data_pipeline.md" ;;
+  data) part 65 "$PY" scripts/bench_data.py --device cuda --quick --out "$OUT_DIR/data_pipeline.md" ;;
   # Where a CycleGAN / pix2pix step spends its time (eager bf16, plain loop): top kernels.
   profile) part 40 $B --families cyclegan pix2pix --variants eager-bf16 --sides plain --warmup 2 --steps 2 \
             --profile 2 --json /dev/null ;;
