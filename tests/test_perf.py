@@ -262,6 +262,33 @@ def test_gan_steps_on_cuda_without_host_syncs_and_the_graph_replays(graph):
 
 
 @cuda
+@pytest.mark.parametrize("family", ["pix2pix", "cyclegan"])
+def test_translation_steps_on_cuda_in_bf16_without_host_syncs(family):
+    """The eager path of the image-to-image models (CycleGAN's default, pix2pix's without perf.cuda_graph) with
+    ganlab's GPU defaults and callbacks: a host sync per step would serialise Python and the GPU."""
+    from ganlab.callbacks.nonfinite import NonFiniteLossGuard
+    from ganlab.models.cyclegan import CycleGAN
+    from ganlab.models.pix2pix import Pix2Pix
+    from ganlab.nets.patchgan import PatchGANDiscriminator
+    from ganlab.nets.resnet_generator import ResnetGenerator
+    from ganlab.nets.unet import UNetGenerator
+    torch.manual_seed(0)
+    if family == "pix2pix":
+        model = Pix2Pix(UNetGenerator(1, 1, base_width=8, depth=4), PatchGANDiscriminator(1, 8, 2, cond_channels=1))
+    else:
+        g, d = (lambda: ResnetGenerator(1, 1, base_width=8, n_blocks=1)), (lambda: PatchGANDiscriminator(1, 8, 2))
+        model = CycleGAN(g(), g(), d(), d(), pool_size=6)  # the pool fills up inside the counted batches
+    counter = _SyncCounter(start=6, stop=16)
+    pairs = [{"a": torch.rand(1, 16, 16) * 2 - 1, "b": torch.rand(1, 16, 16) * 2 - 1} for _ in range(96)]
+    trainer = pl.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=40, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, log_every_n_steps=25,
+                         callbacks=[Performance(compile=False), counter, NonFiniteLossGuard(),
+                                    TrainProgressBar(refresh_rate=25)])
+    trainer.fit(model, DataLoader(pairs, batch_size=4, shuffle=True, drop_last=True, pin_memory=True))
+    assert trainer.global_step == 40 and counter.caught == [], counter.caught[:3]
+
+
+@cuda
 def test_a_captured_step_reads_its_learning_rate_tensor_at_every_replay():
     from ganlab.perf.cuda_graph import optimizer_step_graph
     torch.manual_seed(0)
