@@ -102,6 +102,7 @@ VARIANTS = {
     "no-graph": Variant("no-graph", perf={"cuda_graph": False}),
     "no-compile": Variant("no-compile", perf={"compile": False}),
     "graph": Variant("graph", perf={"cuda_graph": True}),
+    "compile": Variant("compile", perf={"compile": True}),  # e.g. on a CPU, where auto leaves it off
 }
 
 
