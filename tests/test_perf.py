@@ -67,6 +67,66 @@ def test_a_network_whose_backward_fails_to_compile_stays_eager_and_the_probe_lea
                                     "1.num_batches_tracked"}  # checkpoints keep their keys
 
 
+def _planted_channels_last_failure(always: bool):
+    """A backend that fails on graphs holding a channels-last 4-D tensor (pytorch#171622's trigger), or always."""
+    def compiler(gm, example_inputs):
+        if always or any(isinstance(t, torch.Tensor) and t.dim() == 4 and not t.is_contiguous()
+                         for t in example_inputs):
+            raise RuntimeError("planted channels-last failure")
+        return gm
+    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler)
+
+
+@pytest.mark.parametrize("always", [False, True])
+def test_a_channels_last_compile_failure_is_retried_with_contiguous_weights_and_optimizer_state(always):
+    from ganlab.perf.compile import has_channels_last_weights
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.ConvTranspose2d(4, 3, 4), nn.ReLU(), nn.ConvTranspose2d(3, 1, 3)).to(
+        memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01, fused=True)
+    z = torch.randn(2, 4, 1, 1)  # a latent, as DCGAN's generator takes it
+    compiler = CompiledNetworks({"g": net}, lambda: [opt], backend=_planted_channels_last_failure(always))
+    compiler.record()
+    net(z).square().mean().backward()  # the recorded eager step
+    opt.step()
+    with pytest.warns(UserWarning, match="planted channels-last failure"):
+        compiler.finish()
+    moments = [(p, v) for p, state in opt.state.items() for v in state.values() if v.dim() == 4]
+    assert len(moments) == 4 and all(v.stride() == p.stride() for p, v in moments)  # Adam's moments follow
+    if always:  # no layout helps: eager, back in channels-last
+        assert compiler.failed and compiler.compiled == [] and "forward" not in vars(net)
+        assert has_channels_last_weights(net) and not net[0].weight.is_contiguous()
+        return
+    assert compiler.compiled == ["g"] and "planted" in compiler.contiguous["g"] and not compiler.failed
+    assert not has_channels_last_weights(net) and net[0].weight.is_contiguous()
+    eager = type(net).forward.__get__(net)
+    torch.testing.assert_close(net(z), eager(z))  # the compiled network, same values
+    before = [p.detach().clone() for p in net.parameters()]
+    opt.zero_grad()
+    net(z).square().mean().backward()  # training goes on through the compiled net and the fused step
+    opt.step()
+    assert all(not torch.equal(p, b) for p, b in zip(net.parameters(), before))
+
+
+def test_performance_retries_channels_last_failures_through_a_dcgan_run():
+    from ganlab.nets.dcgan import DCGANDiscriminator, DCGANGenerator
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GAN(DCGANGenerator(8, [1, 16, 16], base_width=4), DCGANDiscriminator([1, 16, 16], base_width=4))
+    perf = Performance(compile=True, compile_backend=_planted_channels_last_failure(False), channels_last=True,
+                       fused_optimizer=True)
+    images = torch.rand(32, 1, 16, 16) * 2 - 1
+    trainer = pl.Trainer(accelerator="cpu", max_steps=12, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[perf])
+    with pytest.warns(UserWarning, match="compiled with contiguous weights instead"):
+        trainer.fit(model, DataLoader([{"image": x} for x in images], batch_size=4, drop_last=True))
+    assert trainer.global_step == 12 and perf.report["compiled"] == ["generator", "discriminator"]
+    assert "generator" in perf.report["compiled_contiguous"] and not perf.report.get("compile_failed")
+    for opt in trainer.optimizers:  # Lightning's optimizers: their moments were re-laid with the weights
+        assert all(v.stride() == p.stride() for p, st in opt.state.items() for v in st.values() if v.dim() == 4)
+
+
 def test_the_probe_replays_a_call_under_the_autocast_it_was_recorded_in():
     torch._dynamo.reset()
     net = nn.Sequential(nn.Linear(4, 4), nn.ReLU())

@@ -95,7 +95,8 @@ class Performance(pl.Callback):
                 print(f"ganlab: perf.compile is off: {type(pl_module).__name__} does not support torch.compile")
             on["compile"] = False
         if on["compile"]:
-            self._compiler = CompiledNetworks(trainable_networks(pl_module), **self.compile_options)
+            self._compiler = CompiledNetworks(trainable_networks(pl_module), lambda: trainer.optimizers,
+                                              **self.compile_options)
             self._compiler.record()
         self.report = {**on, "matmul_precision": self.matmul_precision, "precision": str(trainer.precision)}
         trainer.perf_report = self.report
@@ -145,6 +146,8 @@ class Performance(pl.Callback):
         self.report["compiled"] = compiler.compiled
         if compiler.failed:
             self.report["compile_failed"] = compiler.failed
+        if compiler.contiguous:
+            self.report["compiled_contiguous"] = compiler.contiguous  # name -> the channels-last error
         if trainer.is_global_zero:
             print(f"ganlab: compiled {', '.join(compiler.compiled) or 'nothing'}"
                   + (f"; eager after a compile error: {', '.join(compiler.failed)}" if compiler.failed else ""))

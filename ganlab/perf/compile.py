@@ -8,7 +8,10 @@ parameters train (toggled optimizers freeze D during G's step, and each of these
 graph). After that step every distinct call is replayed through the compiled network, forward and backward,
 on clones of the recorded inputs, with the network's buffers (BatchNorm statistics) and the RNG streams put
 back afterwards and gradients taken with autograd.grad (so no .grad is touched). Compile time is paid there;
-a network that fails stays eager, with one warning naming it and the error, and training goes on.
+a network that fails stays eager, with one warning naming it and the error, and training goes on. A network
+with channels-last weights that fails is first retried with contiguous ones (inductor mispredicts the strides
+cuDNN returns for chains of transposed convs in channels-last, pytorch/pytorch#171622: DCGAN's generator on an
+H100), its optimizer state converted alike; if that fails too it goes back to channels-last, eager.
 
 Compiled code runs only in training mode: validation and sampling (eval mode, no grad) stay eager, so they
 neither recompile nor can fail to compile.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -47,16 +50,38 @@ def _autocast_state(device_type: str) -> tuple[str, torch.dtype, bool] | None:
     return device_type, torch.get_autocast_dtype(device_type), torch.is_autocast_cache_enabled()
 
 
+def set_memory_format(net: nn.Module, memory_format: torch.memory_format,
+                      optimizers: Iterable[torch.optim.Optimizer] = ()) -> None:
+    """`net`'s 4-D weights in `memory_format` (the same Parameter objects), and the optimizers' per-weight state
+    (Adam's moments) with them, so a fused step sees one layout."""
+    net.to(memory_format=memory_format)
+    params = {id(p): p for p in net.parameters()}
+    for optimizer in optimizers:
+        for param, state in optimizer.state.items():
+            if id(param) in params and param.dim() == 4:
+                for key, value in state.items():
+                    if isinstance(value, Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                        state[key] = value.new_empty_strided(param.shape, param.stride()).copy_(value)
+
+
+def has_channels_last_weights(net: nn.Module) -> bool:
+    return any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+               for p in net.parameters())
+
+
 class CompiledNetworks:
     """Compile `networks` (name -> module) with `torch.compile(**options)` after one recorded eager step.
 
-    `record()` before the first step, `finish()` after it; `compiled` and `failed` say what happened."""
+    `record()` before the first step, `finish()` after it; `compiled`, `failed` and `contiguous` (compiled after
+    a channels-last failure) say what happened. `optimizers`: whose state follows a network's weight layout."""
 
-    def __init__(self, networks: dict[str, nn.Module], **options: Any) -> None:
-        self.networks, self.options = networks, options
+    def __init__(self, networks: dict[str, nn.Module], optimizers: Callable[[], Iterable[torch.optim.Optimizer]] =
+                 tuple, **options: Any) -> None:
+        self.networks, self.options, self.optimizers = networks, options, optimizers
         self.calls: dict[str, dict[tuple, _Call]] = {name: {} for name in networks}
         self.compiled: list[str] = []
         self.failed: dict[str, str] = {}
+        self.contiguous: dict[str, str] = {}
         self._hooks: list[Any] = []
 
     def record(self) -> None:
@@ -86,21 +111,37 @@ class CompiledNetworks:
             calls = list(self.calls[name].values())
             if not calls:
                 continue  # never called in training: nothing to gain
-            eager = type(net).forward.__get__(net)
-            compiled = torch.compile(eager, **self.options)
-            net.forward = _train_mode_dispatch(net, compiled, eager)
-            try:
-                for call in calls:
-                    _probe(net, call)
-            except Exception as err:  # any compiler failure: this network stays eager
-                del net.forward
-                first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-                self.failed[name] = f"{type(err).__name__}: {first_line}"
+            error = self._compile(net, calls)
+            if error and has_channels_last_weights(net):
+                set_memory_format(net, torch.contiguous_format, self.optimizers())
+                if self._compile(net, calls) is None:
+                    self.contiguous[name] = error
+                    warnings.warn(f"torch.compile failed for {name} ({type(net).__name__}) with channels-last "
+                                  f"weights ({error}); compiled with contiguous weights instead", stacklevel=2)
+                    error = None
+                else:
+                    set_memory_format(net, torch.channels_last, self.optimizers())
+            if error:
+                self.failed[name] = error
                 warnings.warn(f"torch.compile failed for {name} ({type(net).__name__}); it runs eagerly: "
-                              f"{self.failed[name]}", stacklevel=2)
+                              f"{error}", stacklevel=2)
             else:
                 self.compiled.append(name)
         self.calls.clear()
+
+    def _compile(self, net: nn.Module, calls: list[_Call]) -> str | None:
+        """Compile `net` in place and probe every call; on any compiler failure undo it and return the error."""
+        eager = type(net).forward.__get__(net)
+        net.forward = _train_mode_dispatch(net, torch.compile(eager, **self.options), eager)
+        try:
+            for call in calls:
+                _probe(net, call)
+        except Exception as err:
+            del net.forward
+            err = getattr(err, "inner_exception", None) or err  # dynamo's BackendCompilerFailed wraps the cause
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            return f"{type(err).__name__}: {first_line}"
+        return None
 
 
 def _train_mode_dispatch(net: nn.Module, compiled: Callable[..., Any], eager: Callable[..., Any]) -> Callable[..., Any]:
