@@ -4,7 +4,7 @@
 # pipelines and occlusion vs Captum (scripts/bench_data.py). Each part has its own time limit, so one slow or
 # failing part cannot take the others down.
 #   bash scripts/bench_gpu.sh [out_dir]   # default benchmarks/gpu/<date_time>; report: <out_dir>/train_speed.md
-#   PARTS="cyclegan profile" bash scripts/bench_gpu.sh      # some parts (tests fast cyclegan cyclegan-eager
+#   PARTS="cyclegan profile" bash scripts/bench_gpu.sh      # some parts (tests nvml fast cyclegan cyclegan-eager
 #                                                           # pix2pix reference data; profile: kernel tables)
 set -u
 OUT_DIR=${1:-benchmarks/gpu/$(date +%Y-%m-%d_%H%M)}
@@ -22,7 +22,7 @@ part() {  # part <seconds> <command...>
     echo "== exit $? after $((SECONDS - start)) s"
 }
 ROWS="$OUT_DIR/train_rows.jsonl"
-PARTS=${PARTS:-tests fast cyclegan pix2pix reference data}
+PARTS=${PARTS:-tests nvml fast cyclegan pix2pix reference data}
 B="$PY scripts/bench_train.py --device cuda --json $ROWS"
 for p in $PARTS; do case $p in
   tests) part 40 "$PY" -m pytest -q -p no:cacheprovider tests/test_perf.py -k cuda ;;
@@ -35,6 +35,30 @@ for p in $PARTS; do case $p in
   # The references as they ship: fp32, batch 1, no compile.
   reference) part 40 $B --families cyclegan pix2pix --variants eager-fp32-b1 --warmup 3 --steps 10 ;;
   data) part 65 "$PY" scripts/bench_data.py --device cuda --quick --out "$OUT_DIR/data_pipeline.md" ;;
+  # What Lightning's NVML-based CUDA check (set on import) costs each Adam step where NVML loads; ganlab drops it
+  # only where NVML cannot load (ganlab/perf/cuda_check.py). Included in the default parts: 10 s.
+  nvml) part 30 "$PY" - <<'PYEOF'
+import os, time, torch, pytorch_lightning  # noqa: F401  (the import sets PYTORCH_NVML_BASED_CUDA_CHECK=1)
+p = [torch.nn.Parameter(torch.randn(1000, device="cuda"))]
+p[0].grad = torch.randn_like(p[0])
+for fused in (False, True):
+    opt = torch.optim.Adam(p, fused=fused)
+    for check in ("1", None):
+        if check:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = check
+        else:
+            os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+        for _ in range(50):
+            opt.step()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(2000):
+            opt.step()
+        torch.cuda.synchronize()
+        print(f"Adam(fused={fused}) step, NVML check {'on' if check else 'off'}: "
+              f"{(time.perf_counter() - t) / 2000 * 1e6:.1f} us")
+PYEOF
+        ;;
   # Where a CycleGAN / pix2pix step spends its time (eager bf16, plain loop): top kernels.
   profile) part 40 $B --families cyclegan pix2pix --variants eager-bf16 --sides plain --warmup 2 --steps 2 \
             --profile 2 --json /dev/null ;;
