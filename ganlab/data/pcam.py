@@ -252,8 +252,8 @@ class PCamDataModule(SplitDataModule):
 
     def loader_workers(self, split: str) -> int | str:
         # auto and memory-mappable (contiguous, uncompressed) files: the main process copies a batch out of the
-        # page cache faster than a worker can hand one over through shared memory (one worker: ~24k patches/s,
-        # the main process: ~190k, uint8, benchmarks/data_pipeline.md), so workers only pay for compressed or
+        # page cache faster than a worker can hand one over through shared memory (one worker: ~43k patches/s,
+        # the main process: ~180k, uint8, benchmarks/data_pipeline.md), so workers only pay for compressed or
         # chunked files, where each patch costs an inflate.
         if self.num_workers == "auto" and self.datasets[split].uses_memmap:
             return 0
