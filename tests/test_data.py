@@ -99,6 +99,20 @@ def test_embedded_default_is_real_mnist_in_the_same_layout(tmp_path):
     assert (images[:, :, :3, :] == 0).float().mean() > 0.95  # top rows are blank
 
 
+def test_mnist_batches_are_read_whole_and_equal_per_sample_reads(tmp_path):
+    dm = MNISTDataModule(root=None, cache_dir=str(tmp_path), batch_size=16)
+    dm.setup()
+    val = dm.datasets["val"]
+    batch = next(iter(dm.val_dataloader()))  # through __getitems__, handed over as read
+    assert batch["image"].shape == (16, 1, 28, 28) and batch["image"].dtype == torch.float32
+    assert torch.equal(batch["image"], torch.stack([val[i]["image"] for i in range(16)]))  # bit for bit
+    assert torch.equal(batch["label"], val.labels[:16]) and -1 <= batch["image"].min() <= batch["image"].max() <= 1
+    direct = val.__getitems__([3, 1, 3])  # any order, duplicates allowed (as a sampler may ask)
+    assert torch.equal(direct.batch["image"], torch.stack([val[i]["image"] for i in (3, 1, 3)]))
+    assert direct.batch["label"].tolist() == [int(val[i]["label"]) for i in (3, 1, 3)]
+    assert len(next(iter(dm.train_dataloader()))["image"]) == 16
+
+
 def test_gaussian_batches_are_seeded_and_validation_is_held_out():
     dm = GaussianDataModule(mean=4.0, std=1.25, batch_size=512, batches_per_epoch=3, val_samples=20_000, seed=7)
     first = [b["image"] for b in dm.train_dataloader()]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ganlab.data.idx import read_idx, write_idx
-from ganlab.data.loaders import SplitDataModule
+from ganlab.data.loaders import BatchedSamples, SplitDataModule
 from ganlab.errors import GanlabError
 
 SPLITS = {"train": "train", "val": "t10k"}
@@ -111,6 +111,12 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"image": self.images[index].float() / 127.5 - 1.0, "label": self.labels[index]}
+
+    def __getitems__(self, indices: list[int]) -> BatchedSamples:
+        """A whole batch in one indexed copy (DataLoader calls this with a batch's indices): per-sample reads
+        plus collation cost ~1.4 ms per 64 digits, more than an MLP GAN's whole step on a GPU."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return BatchedSamples({"image": self.images[index].float().div_(127.5).sub_(1.0), "label": self.labels[index]})
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
