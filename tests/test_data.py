@@ -113,6 +113,21 @@ def test_mnist_batches_are_read_whole_and_equal_per_sample_reads(tmp_path):
     assert len(next(iter(dm.train_dataloader()))["image"]) == 16
 
 
+def test_in_memory_and_drawn_batches_are_pinned_when_a_gpu_trains(tmp_path, monkeypatch):
+    # A copy from pageable memory waits for the GPU: without pinning, every GPU step would sync once.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+    with initialize_config_module(config_module="ganlab.configs", version_base=None):
+        cfg = compose("train", overrides=["data=mnist", f"paths.data_dir={tmp_path}"])
+    mnist = instantiate(cfg.data)
+    mnist.setup()
+    loader = mnist.train_dataloader()
+    assert loader.pin_memory and loader.num_workers == 0
+    toy = GaussianDataModule(mean=4.0, std=1.25, batch_size=8, batches_per_epoch=2, val_samples=16, seed=0)
+    assert toy.train_dataloader().pin_memory and toy.val_dataloader().pin_memory
+
+
 def test_gaussian_batches_are_seeded_and_validation_is_held_out():
     dm = GaussianDataModule(mean=4.0, std=1.25, batch_size=512, batches_per_epoch=3, val_samples=20_000, seed=7)
     first = [b["image"] for b in dm.train_dataloader()]

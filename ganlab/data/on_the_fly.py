@@ -7,6 +7,13 @@ import pytorch_lightning as pl
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from ganlab.data.loaders import resolve_workers
+
+
+def pinned() -> bool:
+    """Pinned batches with a GPU: a copy from pageable memory first waits for the GPU (a host sync per batch)."""
+    return resolve_workers(0, "auto")[1]
+
 
 def stream_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """Seed of one rank's draws in one epoch. Rank 0 keeps the single-process stream (so a 1-device run is
@@ -34,8 +41,8 @@ class OnTheFlyDataModule(pl.LightningDataModule):
         # Lightning shards map-style datasets across DDP ranks; these batches are drawn, so each rank draws its own.
         self.train_batches.rank = self.trainer.global_rank if self.trainer is not None else 0
         # The dataset yields whole batches; batch_size=None stops the loader from batching again.
-        return DataLoader(self.train_batches, batch_size=None)
+        return DataLoader(self.train_batches, batch_size=None, pin_memory=pinned())
 
     def val_dataloader(self) -> DataLoader:
         data = [{"image": x, "label": y} for x, y in zip(self.val_set, self.val_labels)]
-        return DataLoader(data, batch_size=self.hparams.batch_size * 4)
+        return DataLoader(data, batch_size=self.hparams.batch_size * 4, pin_memory=pinned())
