@@ -5,7 +5,7 @@
 # failing part cannot take the others down.
 #   bash scripts/bench_gpu.sh [out_dir]   # default benchmarks/gpu/<date_time>; report: <out_dir>/train_speed.md
 #   PARTS="cyclegan profile" bash scripts/bench_gpu.sh      # some parts (tests nvml fast cyclegan cyclegan-eager
-#                                                           # pix2pix reference data; profile: kernel tables)
+#                                                           # pix2pix reference data; extra: e2e, profile)
 set -u
 OUT_DIR=${1:-benchmarks/gpu/$(date +%Y-%m-%d_%H%M)}
 PY=${PYTHON:-python3}
@@ -57,6 +57,25 @@ for fused in (False, True):
         torch.cuda.synchronize()
         print(f"Adam(fused={fused}) step, NVML check {'on' if check else 'off'}: "
               f"{(time.perf_counter() - t) / 2000 * 1e6:.1f} us")
+PYEOF
+        ;;
+  # A whole default `ganlab train` on the GPU (MLP GAN on MNIST: loader, callbacks, logging; the bench rows above
+  # see none of that): wall time per iteration between two runs of 200 and 2,200 optimizer steps (E2E_TRAINER=cpu
+  # to try it without a GPU).
+  e2e) part 150 "$PY" - <<'PYEOF'
+import os, subprocess, sys, tempfile, time
+runs = {}
+for steps in (200, 2200):
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "ganlab", "train", f"trainer={os.environ.get('E2E_TRAINER', 'gpu')}",
+                           "logger=none", f"trainer.max_steps={steps}", f"hydra.run.dir={tempfile.mkdtemp()}"],
+                          capture_output=True, text=True)
+    runs[steps] = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"ganlab train failed:\n{proc.stderr[-2000:]}")
+iterations = (2200 - 200) // 2  # a GAN iteration is two optimizer steps
+print(f"e2e MLP GAN on MNIST: {1000 * (runs[2200] - runs[200]) / iterations:.2f} ms per iteration "
+      f"({iterations} iterations; runs of {runs[200]:.1f} s and {runs[2200]:.1f} s)")
 PYEOF
         ;;
   # Where a CycleGAN / pix2pix step spends its time (eager bf16, plain loop): top kernels.
