@@ -36,9 +36,11 @@ def check_labels(owner: str, y: Tensor | None, num_classes: int, batch: int) -> 
         raise ValueError(f"{owner}: labels y must be integer class indices (torch.long), got dtype {y.dtype}")
     if tuple(y.shape) != (batch,):
         raise ValueError(f"{owner}: labels y must have shape ({batch},) to match the batch, got {tuple(y.shape)}")
-    # The range check reads y on the host: free on the CPU, a sync per forward on a GPU, so there it is left
-    # to the training module, which checks its first batch (GAN.on_train_batch_start).
-    if batch and not y.is_cuda and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+    # The range check reads y on the host: free on the CPU, a sync per forward on a GPU (and a graph break under
+    # torch.compile), so there it is left to the training module, which checks its first batch
+    # (GAN.on_train_batch_start; ganlab compiles only after an eager first step).
+    if batch and not y.is_cuda and not torch.compiler.is_compiling() and (
+            int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(f"{owner}: labels y must lie in [0, {num_classes - 1}], "
                          f"got values from {int(y.min())} to {int(y.max())}")
 
