@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ganlab.errors import GanlabError
+from ganlab.errors import GanlabError, first_line
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "run.yaml"
@@ -208,8 +208,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise GanlabError(f"{path}: checkpoint not found") from None
     except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise GanlabError(f"{path}: not a readable checkpoint ({first_line}); expected a .ckpt written by "
+        raise GanlabError(f"{path}: not a readable checkpoint ({first_line(err)}); expected a .ckpt written by "
                           "ganlab/Lightning (it may be truncated or from an untrusted source)") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise GanlabError(f"{path}: expected a Lightning checkpoint with a 'state_dict' entry")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ganlab.errors import GanlabError
-from ganlab.perf.compile import CompiledNetworks
+from ganlab.perf.compile import CompiledNetworks, set_memory_format
 from ganlab.perf.cuda_check import skip_unloadable_nvml_check
 
 AUTO = "auto"
@@ -80,7 +80,7 @@ class Performance(pl.Callback):
         torch.backends.cudnn.benchmark = on["cudnn_benchmark"]
         torch.set_float32_matmul_precision(self.matmul_precision)
         if on["channels_last"]:
-            pl_module.to(memory_format=torch.channels_last)
+            set_memory_format(pl_module, torch.channels_last)
         if self.requested["cuda_graph"] == AUTO and not getattr(pl_module, "cuda_graph_auto", True):
             on["cuda_graph"] = False  # a capture this model offers but that is not yet measured on a GPU
         graph_reason = self._graph_unsupported(trainer, pl_module, cuda) if on["cuda_graph"] else None

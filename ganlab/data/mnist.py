@@ -110,7 +110,7 @@ class ImageDataset(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"image": self.images[index].float() / 127.5 - 1.0, "label": self.labels[index]}
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> BatchedSamples:
         """A whole batch in one indexed copy (DataLoader calls this with a batch's indices): per-sample reads

@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
+from ganlab.errors import first_line
+
 
 @dataclass
 class _Call:
@@ -139,8 +141,7 @@ class CompiledNetworks:
         except Exception as err:
             del net.forward
             err = getattr(err, "inner_exception", None) or err  # dynamo's BackendCompilerFailed wraps the cause
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            return f"{type(err).__name__}: {first_line}"
+            return f"{type(err).__name__}: {first_line(err)[:300]}"
         return None
 
 

@@ -22,6 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ganlab.errors import first_line
+
 StepFn = Callable[[dict[str, Tensor]], dict[str, Tensor]]
 
 
@@ -68,8 +70,7 @@ class StepGraph:
             with torch.cuda.graph(graph):
                 self._outputs = self.step(self._inputs)
         except Exception as err:  # not capturable (e.g. a host sync inside the step): stay eager
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            self.failed = f"{type(err).__name__}: {first_line}"
+            self.failed = f"{type(err).__name__}: {first_line(err)[:300]}"
             self._inputs, self._outputs = {}, {}
             if self.on_capture_failure is not None:
                 self.on_capture_failure()

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
-from ganlab.errors import GanlabError
+from ganlab.errors import GanlabError, first_line
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def dataset_inputs(run_cfg: DictConfig, split: str, indices: Any) -> Inputs:
         raise
     except Exception as err:
         raise GanlabError(f"data: cannot rebuild the run's datamodule {run_cfg.data.get('_target_')} "
-                          f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); "
+                          f"({first_line(err)}); "
                           "pass images=[...] to explain image files instead") from None
     datasets = getattr(datamodule, "datasets", None) or {}
     if split not in datasets:
