@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ganlab.config_checks import check_values
 from ganlab.errors import GanlabError
 from ganlab.nets.layers import MinibatchStdDev
 from ganlab.runs import load_model, new_output_dir, resolve_device, resolve_run, write_yaml_atomic
@@ -207,6 +208,7 @@ def _attribute(explainers: dict[str, Any], net: nn.Module, rows: Inputs, targets
 
 
 def explain(cfg: DictConfig) -> Path:
+    check_values(cfg, "explain")
     methods = _methods(cfg)
     ref = resolve_run(cfg.run, cfg.paths.log_dir)
     device = resolve_device(cfg.device)

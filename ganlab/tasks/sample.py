@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from ganlab.config_checks import check_values
 from ganlab.errors import GanlabError
 from ganlab.metrics.modes import mode_coverage
 from ganlab.plots import density_figure, interpolation_figure, save_figure, save_grid_png, scatter_figure
@@ -71,8 +72,7 @@ def _labels(cfg: DictConfig, model: Any) -> Tensor | None:
 
 
 def sample(cfg: DictConfig) -> Path:
-    if cfg.n < 1 or cfg.steps < 2 or cfg.rows < 1:
-        raise GanlabError(f"need n >= 1, steps >= 2, rows >= 1; got n={cfg.n}, steps={cfg.steps}, rows={cfg.rows}")
+    check_values(cfg, "sample")
     ref = resolve_run(cfg.run, cfg.paths.log_dir)
     device = resolve_device(cfg.device)
     model, run_cfg = load_model(ref, device)

@@ -26,6 +26,7 @@ from ganlab import __version__
 from ganlab.errors import GanlabError
 from ganlab.callbacks.distributed import PerRankSeed
 from ganlab.callbacks.signals import SignalCheckpoint
+from ganlab.config_checks import check_values
 from ganlab.runs import (CHECKPOINT_DIR, CONFIG_FILE, load_checkpoint, resolve_run, resumable_checkpoint,
                          update_manifest, write_yaml_atomic)
 
@@ -112,6 +113,7 @@ def _objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 
 def train(cfg: DictConfig) -> Path | float:
     """Fit; return the run dir, or the value of `optimized_metric` when a sweeper asks for one."""
+    check_values(cfg, "train")
     _refuse_multirun_with_ddp(cfg)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = _resume_checkpoint(cfg)
