@@ -78,7 +78,12 @@ def gradient_penalty(discriminator: nn.Module, real: Tensor, fake: Tensor, y: Te
 def r1_penalty(discriminator: nn.Module, real: Tensor, y: Tensor | None = None) -> Tensor:
     """R1 (Mescheder et al. 2018): E[||grad_x D(x)||^2] on real data; the caller scales it by gamma / 2."""
     x = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(x, y).sum(), x, create_graph=True)
+    return r1_of_outputs(discriminator(x, y), x)
+
+
+def r1_of_outputs(real_out: Tensor, x: Tensor) -> Tensor:
+    """R1 from D's outputs on inputs `x` that require grad: reuses the D forward the D loss already made."""
+    (grad,) = torch.autograd.grad(real_out.sum(), x, create_graph=True)
     return grad.flatten(1).pow(2).sum(1).mean()
 
 

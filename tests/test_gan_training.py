@@ -148,7 +148,49 @@ def test_ema_generator_averages_weights_and_is_used_for_sampling():
     assert model.generate(z).item() == pytest.approx(ema.weight.item() + ema.bias.item())
 
 
+def test_lazy_r1_applies_the_penalty_every_nth_d_step_weighted_n_times():
+    """r1_every=2: the first D step (counter 0) carries 2 * gamma; so one batch equals R1 with gamma 6."""
+    g_grad = CASES["r1"][2]
+    assert params(fit(r1_gamma=3.0, r1_every=2)) == pytest.approx(expected(bce_d_grad(r1_gamma=6.0), g_grad))
+    # Two batches: the second D step (counter 1) has no R1, as a run with r1_gamma=0 on that step would be.
+    lazy, every = fit(batches=2, r1_gamma=3.0, r1_every=2), fit(batches=2, r1_gamma=3.0)
+    assert params(lazy) != pytest.approx(params(every))
+
+
+def test_ema_warmup_follows_g_early():
+    """decay_t = min(decay, (1 + t) / (10 + t)) with t = 1 after the first D step: 2/11, not 0.999."""
+    model = fit(ema_decay=0.999, ema_warmup=True)
+    a1 = model.generator.lin.weight.item()
+    beta = 2 / 11
+    assert model.generator_ema.lin.weight.item() == pytest.approx(beta * A0 + (1 - beta) * a1)
+
+
+def test_linear_lr_decay_counts_batches_and_reaches_zero():
+    """decay_start=0.5 over 4 batches (8 optimizer steps): factor (4 - k) / 2 from batch k = 2 on, so the
+    batches run at 1, 1, 1, 1/2 and the rate reaches 0 as the run ends."""
+    model = GAN(LinearG(), LinearD(), optimizer=functools.partial(torch.optim.SGD), lr_g=LR, lr_d=LR,
+                decay_start=0.5)
+    model.sample_z = lambda n, generator=None: Z.clone()
+    seen = []
+
+    class RecordLR(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append([group["lr"] for opt in trainer.optimizers for group in opt.param_groups])
+
+    data = DataLoader([{"image": X, "label": torch.zeros(4, dtype=torch.long)}] * 4, batch_size=None)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=8, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         callbacks=[RecordLR()])
+    trainer.fit(model, train_dataloaders=data)
+    assert [lrs[0] for lrs in seen] == pytest.approx([LR, LR, LR, LR / 2])
+    assert [group["lr"] for group in trainer.optimizers[0].param_groups] == [0.0]
+    assert all(lrs[0] == lrs[1] for lrs in seen)  # G and D decay together
+    assert fit().lr_schedulers() is None  # decay_start=1.0 (default): constant, no schedulers at all
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    ({"decay_start": 1.5}, "decay_start"),
+    ({"r1_every": 0}, "r1_every"),
     ({"loss": "hinge", "label_smoothing": 0.1}, "label_smoothing"),
     ({"loss": "wgan"}, "expected one of"),
     ({"n_critic": 0}, "n_critic"),

@@ -15,7 +15,7 @@ from ganlab.errors import GanlabError
 from ganlab.models.cyclegan import CycleGAN
 from ganlab.models.image_pool import ImagePool
 from ganlab.models.pix2pix import Pix2Pix
-from ganlab.models.translation import LinearDecay
+from ganlab.models.lr_schedule import LinearDecay
 from ganlab.nets.patchgan import PatchGANDiscriminator
 from ganlab.nets.resnet_generator import ResnetGenerator
 from ganlab.nets.unet import UNetGenerator

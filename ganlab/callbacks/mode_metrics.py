@@ -9,7 +9,7 @@ from ganlab.metrics.modes import mode_coverage
 
 
 class ModeCoverageMetrics2D(pl.Callback):
-    """Logs val/modes_captured and val/high_quality for `num_samples` fresh samples of G.
+    """Logs val/modes_captured, val/high_quality and val/reverse_kl for `num_samples` fresh samples of G.
 
     The latents come from a fixed seed, so values are comparable across validation epochs and runs; the
     mode centres and std come from the datamodule (`GaussianMixtureDataModule`).
@@ -34,4 +34,5 @@ class ModeCoverageMetrics2D(pl.Callback):
         pl_module.log_dict({
             "val/modes_captured": float(coverage.modes_captured),
             "val/high_quality": coverage.high_quality,
+            "val/reverse_kl": coverage.reverse_kl,
         })

@@ -6,8 +6,9 @@
 so a new layout is a new function, not a new branch here.
 
 As in `ganlab.data.gaussian`, training batches are drawn on the fly from a seeded generator that
-advances every epoch (and resumes where it stopped); the validation set is a fixed draw from an
-independent seed. Labels are the index of the mode each point was drawn from.
+advances every epoch (and resumes where it stopped); with `train_points` they come instead from one fixed
+draw of that many points, reshuffled each epoch (PacGAN's protocol: 100k training points). The validation
+set is a fixed draw from an independent seed. Labels are the index of the mode each point was drawn from.
 """
 
 from __future__ import annotations
@@ -73,6 +74,26 @@ class MixtureBatches(IterableDataset):
             yield {"image": x, "label": labels}
 
 
+class FixedPointBatches(MixtureBatches):
+    """`num_batches` batches from one fixed draw of `num_points` mixture points, reshuffled every epoch
+    (a finite training set, as in PacGAN's experiments, rather than a fresh draw per batch)."""
+
+    def __init__(self, centers: Tensor, std: float, batch_size: int, num_batches: int, seed: int,
+                 num_points: int) -> None:
+        super().__init__(centers, std, batch_size, num_batches, seed)
+        self.points, self.labels = sample_mixture(centers, std, num_points, torch.Generator().manual_seed(seed))
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        rng = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch, self.rank))
+        self.epoch += 1
+        needed = self.num_batches * self.batch_size
+        order = torch.cat([torch.randperm(len(self.points), generator=rng)
+                           for _ in range(-(-needed // len(self.points)))])
+        for i in range(self.num_batches):
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield {"image": self.points[index], "label": self.labels[index]}
+
+
 class GaussianMixtureDataModule(OnTheFlyDataModule):
     """Batches {"image": (B, 2) float32, "label": (B,) mode index} from a uniform 2-D gaussian mixture.
 
@@ -88,6 +109,7 @@ class GaussianMixtureDataModule(OnTheFlyDataModule):
         batches_per_epoch: int = 100,
         val_samples: int = 2500,
         seed: int = 0,
+        train_points: int | None = None,
     ) -> None:
         super().__init__()
         if dim != 2:
@@ -102,6 +124,12 @@ class GaussianMixtureDataModule(OnTheFlyDataModule):
         # The centres are a tensor built from config; keep them out of hparams (and checkpoints).
         self.save_hyperparameters(ignore=["centers"])
         self.centers, self.std = centers, float(std)
-        self.train_batches = MixtureBatches(centers, self.std, batch_size, batches_per_epoch, seed)
+        if train_points is not None and (isinstance(train_points, bool) or not isinstance(train_points, int)
+                                         or train_points < batch_size):
+            raise ValueError(f"gaussian mixture data: data.train_points={train_points!r}: expected null (a fresh "
+                             f"draw per batch) or an integer >= data.batch_size ({batch_size})")
+        self.train_batches = (MixtureBatches(centers, self.std, batch_size, batches_per_epoch, seed)
+                              if train_points is None else
+                              FixedPointBatches(centers, self.std, batch_size, batches_per_epoch, seed, train_points))
         self.val_set, self.val_labels = sample_mixture(centers, self.std, val_samples,
                                                        torch.Generator().manual_seed(seed + 999_983))

@@ -2,7 +2,9 @@
 
 A generated sample is *high quality* if it lies within `3 * std` of the nearest mode centre; it is then
 registered to that mode. A mode is *captured* if at least 20 of 2,500 samples are registered to it
-(0.8 %). For other sample counts the threshold scales with n: a mode needs `count * 2500 >= 20 * n`,
+(0.8 %). The *reverse KL* is KL(p || uniform) = log K - H(p), where p is the histogram of the high-quality
+samples over the K modes (0 when every mode gets the same share; log K when all sit on one mode; 0 log 0 = 0).
+For other sample counts the threshold scales with n: a mode needs `count * 2500 >= 20 * n`,
 i.e. 8 of 1,000 or 40 of 5,000, so results stay comparable to the paper's tables at any n.
 """
 
@@ -22,6 +24,7 @@ class ModeCoverage(NamedTuple):
     modes_captured: int
     high_quality: float  # fraction of all samples that are high quality, in [0, 1]
     per_mode: Tensor  # (K,) high-quality samples registered to each mode
+    reverse_kl: float  # KL(p || uniform) in nats of the high-quality samples' mode histogram p
 
 
 def mode_coverage(samples: Tensor, centers: Tensor, std: float, std_radius: float = PACGAN_STD_RADIUS,
@@ -39,4 +42,14 @@ def mode_coverage(samples: Tensor, centers: Tensor, std: float, std_radius: floa
     good = distance <= std_radius * std
     per_mode = torch.bincount(nearest[good], minlength=len(centers))
     captured = int((per_mode * reference_n >= min_per_mode * len(samples)).sum())
-    return ModeCoverage(captured, good.double().mean().item(), per_mode)
+    return ModeCoverage(captured, good.double().mean().item(), per_mode, reverse_kl(per_mode))
+
+
+def reverse_kl(per_mode: Tensor) -> float:
+    """KL(p || uniform) = log K - H(p) of a mode histogram (PacGAN's reverse KL); log K for an empty one."""
+    total = per_mode.sum()
+    if total == 0:
+        return float(torch.log(torch.tensor(float(len(per_mode)))))
+    p = per_mode.double() / total
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return float(torch.log(torch.tensor(float(len(per_mode)), dtype=torch.float64)) - entropy)

@@ -15,15 +15,16 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from ganlab.models.lr_schedule import LinearDecaySchedule
 from ganlab.models.step_logging import log_train_values
 from ganlab.nets.layers import check_labels
-from ganlab.losses import discriminator_probability, get_loss, gradient_penalty, r1_penalty
+from ganlab.losses import discriminator_probability, get_loss, gradient_penalty, r1_of_outputs
 from ganlab.perf.cuda_graph import CapturableIteration
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
-class GAN(CapturableIteration, pl.LightningModule):
+class GAN(LinearDecaySchedule, CapturableIteration, pl.LightningModule):
     def __init__(
         self,
         generator: nn.Module,
@@ -35,8 +36,11 @@ class GAN(CapturableIteration, pl.LightningModule):
         n_critic: int = 1,
         gp_lambda: float = 10.0,
         r1_gamma: float = 0.0,
+        r1_every: int = 1,
         label_smoothing: float = 0.0,
         ema_decay: float = 0.0,
+        ema_warmup: bool = False,
+        decay_start: float = 1.0,
         num_fixed_samples: int = 64,
         fixed_noise_seed: int = 1234,
     ) -> None:
@@ -63,9 +67,14 @@ class GAN(CapturableIteration, pl.LightningModule):
 
     def _validate(self, generator: nn.Module, discriminator: nn.Module) -> None:
         hp = self.hparams
+        if hp.r1_every < 1:
+            raise ValueError(f"need model.r1_every >= 1 (D steps between R1 penalties), got {hp.r1_every}")
         if hp.n_critic < 1 or not 0 <= hp.label_smoothing < 1 or not 0 <= hp.ema_decay < 1:
             raise ValueError(f"need model.n_critic >= 1, 0 <= model.label_smoothing < 1, 0 <= model.ema_decay < 1; "
                              f"got {hp.n_critic}, {hp.label_smoothing}, {hp.ema_decay}")
+        if not 0 <= hp.decay_start <= 1:
+            raise ValueError(f"model.decay_start={hp.decay_start}: expected a fraction of the run in [0, 1] "
+                             "(1 = constant learning rates)")
         if hp.gp_lambda < 0 or hp.r1_gamma < 0:
             raise ValueError(f"need model.gp_lambda >= 0 and model.r1_gamma >= 0; got {hp.gp_lambda}, {hp.r1_gamma}")
         if hp.label_smoothing:
@@ -110,10 +119,20 @@ class GAN(CapturableIteration, pl.LightningModule):
     def fixed_samples(self) -> Tensor:
         return self.generate(self.fixed_z, self.fixed_y if self.num_classes else None)
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+    def configure_optimizers(self) -> Any:
         opt_g = self.optimizer_factory(self.generator.parameters(), lr=self.hparams.lr_g)
         opt_d = self.optimizer_factory(self.discriminator.parameters(), lr=self.hparams.lr_d)
-        return [opt_g, opt_d]
+        if self.hparams.decay_start >= 1:
+            return [opt_g, opt_d]  # constant rates: no schedulers (and checkpoints as before)
+        return [opt_g, opt_d], self.linear_decay([opt_g, opt_d], self.hparams.decay_start)
+
+    def total_g_steps(self) -> int:
+        """Batches in the run (the schedule counts batches): with n_critic D steps per G step, a batch makes
+        1 + 1/n_critic optimizer steps on average."""
+        trainer, k = self.trainer, self.hparams.n_critic
+        if trainer.max_steps and trainer.max_steps > 0:
+            return max(1, trainer.max_steps * k // (k + 1))
+        return max(1, int(trainer.estimated_stepping_batches))
 
     def _labels(self, batch: dict[str, Tensor]) -> Tensor | None:
         return batch["label"] if self.num_classes else None
@@ -133,6 +152,8 @@ class GAN(CapturableIteration, pl.LightningModule):
         y = self._labels(batch)
         # Eager, or replayed as one CUDA graph (perf.cuda_graph, ganlab.perf.cuda_graph.CapturableIteration).
         logs = self.run_iteration({"real": batch["image"]} if y is None else {"real": batch["image"], "y": y})
+        for scheduler in self.lr_schedulers() or []:  # per batch (a learning-rate tensor is filled in place)
+            scheduler.step()
         log_train_values(self, logs)  # tensors, written every log_every_n_steps batches (no host sync)
 
     def iteration(self, inputs: dict[str, Tensor], opt_g: Any, opt_d: Any,
@@ -144,18 +165,22 @@ class GAN(CapturableIteration, pl.LightningModule):
         logs: dict[str, Tensor] = {}
 
         # D step: the chosen D objective on real vs detached fakes, plus any gradient penalty.
+        # Lazy R1 (StyleGAN2): every r1_every D steps, weighted r1_every times, the same penalty on average for
+        # a fraction of its double-backward cost. (Reading the step counter is a host sync on GPU: only then.)
+        with_r1 = hp.r1_gamma > 0 and (hp.r1_every == 1 or int(self.d_steps) % hp.r1_every == 0)
         with self.toggled_optimizer(opt_d):
-            real_out = self.discriminator(real, y)
+            real_in = real.detach().requires_grad_(True) if with_r1 else real
+            real_out = self.discriminator(real_in, y)
             fake_out = self.discriminator(fake.detach(), y)
             loss_d = self.loss.d_loss(real_out, fake_out, real_label=1.0 - hp.label_smoothing)
             if self.loss.gradient_penalty:  # + lambda * E[(||grad D(x_hat)|| - 1)^2]
                 gp = gradient_penalty(self.discriminator, real, fake, y)
                 logs["train/gradient_penalty"] = gp.detach()
                 loss_d = loss_d + hp.gp_lambda * gp
-            if hp.r1_gamma > 0:  # + gamma/2 * E[||grad D(x)||^2] on real data
-                r1 = r1_penalty(self.discriminator, real, y)
+            if with_r1:  # + gamma/2 * E[||grad D(x)||^2] on real data, from the D forward above
+                r1 = r1_of_outputs(real_out, real_in)
                 logs["train/r1_penalty"] = r1.detach()
-                loss_d = loss_d + 0.5 * hp.r1_gamma * r1
+                loss_d = loss_d + 0.5 * hp.r1_gamma * hp.r1_every * r1
             opt_d.zero_grad(set_to_none=True)
             backward(loss_d)
             opt_d.step()
@@ -175,17 +200,25 @@ class GAN(CapturableIteration, pl.LightningModule):
         return {**logs, **self._scores("train", real_out, fake_out)}
 
     def cuda_graph_unsupported(self) -> str | None:
-        if self.hparams.n_critic != 1:
-            return (f"model.n_critic={self.hparams.n_critic}: the G step depends on a step counter read on the host, "
-                    "which a CUDA graph cannot replay")
+        for key in ("n_critic", "r1_every"):
+            if self.hparams[key] != 1:
+                return (f"model.{key}={self.hparams[key]}: the step depends on a step counter read on the host, "
+                        "which a CUDA graph cannot replay")
         return None
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         if self.generator_ema is None:
             return
+        decay: float | Tensor = self.hparams.ema_decay
+        if self.hparams.ema_warmup:
+            # decay_t = min(decay, (1 + t) / (10 + t)) (as TensorFlow's ExponentialMovingAverage with num_updates):
+            # early on the average follows G instead of dragging its random initial weights along for ~1/(1-decay)
+            # steps, so validation during training sees the EMA generator, not its start. A device tensor: no sync.
+            t = self.d_steps.to(torch.float32)
+            decay = torch.clamp((1 + t) / (10 + t), max=decay)
         for ema, param in zip(self.generator_ema.parameters(), self.generator.parameters()):
-            ema.lerp_(param, 1.0 - self.hparams.ema_decay)
+            ema.lerp_(param, 1.0 - decay)
         for ema, buf in zip(self.generator_ema.buffers(), self.generator.buffers()):
             ema.copy_(buf)
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ganlab.data.intensity import HU_MIN, unit_to_ct
 from ganlab.errors import GanlabError
+from ganlab.models.lr_schedule import LinearDecaySchedule
 from ganlab.metrics.synthrad import (PatientSlices, mae_hu, mae_per_tissue, mean_over_patients, psnr_hu,
                                      synthrad_metrics)
 
@@ -74,20 +75,7 @@ def score_volume(volume: dict[str, np.ndarray | Tensor], names: Sequence[str] | 
         return scores
 
 
-class LinearDecay:
-    """LR factor at G step k: 1 before `start`, then linearly down to 0 at `total` (a LambdaLR lambda that
-    pickles as plain ints, so the scheduler's state loads with weights_only=True)."""
-
-    def __init__(self, total: int, start: int) -> None:
-        self.total, self.start = total, start
-
-    def __call__(self, step: int) -> float:
-        if step < self.start:
-            return 1.0
-        return max(0.0, (self.total - step) / max(1, self.total - self.start))
-
-
-class ImageTranslation(pl.LightningModule):
+class ImageTranslation(LinearDecaySchedule, pl.LightningModule):
     """Base LightningModule of the image-to-image models; subclasses implement `generator_for`."""
 
     directions: tuple[str, ...] = DIRECTIONS
@@ -98,28 +86,6 @@ class ImageTranslation(pl.LightningModule):
 
     def generator_for(self, direction: str) -> nn.Module:
         raise NotImplementedError
-
-    # --- learning rate: constant, then linear decay to 0 (the CycleGAN/pix2pix reference schedule) ------------
-
-    def total_g_steps(self) -> int:
-        """G steps in the whole run: trainer.max_steps counts both optimizers' steps, 2 per batch."""
-        trainer = self.trainer
-        if trainer.max_steps and trainer.max_steps > 0:
-            return max(1, trainer.max_steps // 2)
-        return max(1, int(trainer.estimated_stepping_batches))
-
-    def linear_decay(self, optimizers: Sequence[torch.optim.Optimizer], decay_start: float) -> list[Any]:
-        """One LambdaLR per optimizer: constant until `decay_start` (a fraction of the G steps), then linearly
-        to 0 at the end. Subclasses step them once per G step."""
-        total = self.total_g_steps()
-        decay = LinearDecay(total, round(decay_start * total))
-        return [torch.optim.lr_scheduler.LambdaLR(opt, decay) for opt in optimizers]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Resume restores the schedulers' step counts; the decay's shape (total, start) follows this run's
-        # trainer.max_steps, so a run resumed with a larger budget decays over the new one.
-        for state in checkpoint.get("lr_schedulers", []):
-            state["lr_lambdas"] = [None] * len(state.get("lr_lambdas", []))
 
     def _check_direction(self, direction: str) -> None:
         if direction not in self.directions:

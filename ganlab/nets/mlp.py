@@ -52,6 +52,19 @@ class MLPGenerator(Generator):
         return self.net(h)
 
 
+class Maxout(nn.Module):
+    """A linear map to `pieces` candidates per unit, keeping the largest (Goodfellow et al. 2013): the
+    activation of PacGAN's toy discriminator (3 x 200 units, 5 pieces)."""
+
+    def __init__(self, in_features: int, out_features: int, pieces: int) -> None:
+        super().__init__()
+        self.out_features, self.pieces = out_features, pieces
+        self.linear = nn.Linear(in_features, out_features * pieces)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x).view(*x.shape[:-1], self.out_features, self.pieces).amax(dim=-1)
+
+
 class MLPDiscriminator(Discriminator):
     """x -> hidden... -> one logit (D(x) = sigmoid(logit)). Lecture: 784 -> 1024 -> 512 -> 256 -> 1.
 
@@ -59,7 +72,8 @@ class MLPDiscriminator(Discriminator):
     unconditional default keeps the lecture network's layout. With ``minibatch_std`` the statistic is
     appended as one extra feature right before the head; with ``pack`` the flattened samples of a pack are
     concatenated (first layer ``pack * prod(in_shape)`` wide); with ``conditioning="concat"`` the label
-    embedding is concatenated to the flattened input. See ``ganlab.nets.layers.Discriminator``.
+    embedding is concatenated to the flattened input; ``maxout_pieces > 1`` makes every hidden layer a
+    ``Maxout`` instead of Linear + LeakyReLU. See ``ganlab.nets.layers.Discriminator``.
     """
 
     def __init__(
@@ -74,13 +88,15 @@ class MLPDiscriminator(Discriminator):
         minibatch_std: bool = False,
         minibatch_std_group_size: int = 4,
         pack: int = 1,
+        maxout_pieces: int = 1,
     ) -> None:
         super().__init__(in_shape, num_classes, conditioning, pack, embed_dim)
-        check_positive(type(self).__name__, hidden=list(hidden))
+        check_positive(type(self).__name__, hidden=list(hidden), maxout_pieces=maxout_pieces)
         layers: list[nn.Module] = []
         width = pack * math.prod(self.in_shape) + self.label_dim
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.LeakyReLU(negative_slope)]
+            layers += [Maxout(width, h, maxout_pieces)] if maxout_pieces > 1 else [nn.Linear(width, h),
+                                                                                 nn.LeakyReLU(negative_slope)]
             width = h
         if minibatch_std:
             layers.append(MinibatchStdDev(minibatch_std_group_size))
