@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
 from ganlab import __version__
-from ganlab.errors import GanlabError
+from ganlab.errors import GanlabError, os_error
 
 VERBS = {
     "train": "train a model: ganlab train +experiment=gan_gaussian trainer.max_steps=2000",
@@ -44,7 +45,7 @@ def _names_a_config(argv: list[str]) -> bool:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if _names_a_config(args):
-        _hydra_app()
+        _run_hydra_app(_config_name(args))
         return
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -56,18 +57,64 @@ def main(argv: list[str] | None = None) -> None:
     if verb not in VERBS:
         sys.exit(f"ganlab: unknown verb {verb!r}; expected one of: {', '.join(VERBS)}\n\n{USAGE}")
     sys.argv = [sys.argv[0], f"--config-name={verb}", *args[1:]]
-    _hydra_app()
+    _run_hydra_app(verb)
+
+
+def _config_name(argv: list[str]) -> str:
+    """The verb of an argv that names its config (`--config-name=train`, `-cn train`), for error lines."""
+    for i, arg in enumerate(argv):
+        flag, _, value = arg.partition("=")
+        if flag in ("-cn", "--config-name"):
+            return value or (argv[i + 1] if i + 1 < len(argv) else "")
+    return ""
 
 
 def _user_error(err: BaseException) -> GanlabError | None:
-    """The GanlabError behind `err`, if any (Hydra wraps errors raised in constructors it instantiates)."""
+    """The GanlabError behind `err`, if any (Hydra wraps errors raised in constructors it instantiates), or a
+    file-system refusal (read-only, disk full, permission denied: errors.os_error) made into one."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, GanlabError):
             return err
+        refused = os_error(err)
+        if refused is not None:
+            return refused
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def _run_hydra_app(verb: str) -> None:
+    """`_hydra_app()`, where Hydra's own steps around the task (writing the run dir's .hydra/ and train.log,
+    which a full or read-only disk refuses) end with the task's one-line error instead of Hydra's traceback.
+
+    Hydra reports those through `hydra._internal.utils.run_and_report`, which prints a traceback and exits;
+    while the app runs, each function it reports on is wrapped so that a user error (`_user_error`) exits
+    first with one line. Without that private function (another Hydra version) nothing is wrapped."""
+    import hydra._internal.utils as hydra_utils
+
+    report = getattr(hydra_utils, "run_and_report", None)
+    if report is None:
+        _hydra_app()
+        return
+
+    def run_and_report(func: Any) -> Any:
+        def one_line_errors() -> Any:
+            try:
+                return func()
+            except Exception as err:
+                user_error = _user_error(err)
+                if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                sys.exit(f"ganlab{' ' + verb if verb else ''}: error: {user_error}")
+
+        return report(one_line_errors)
+
+    hydra_utils.run_and_report = run_and_report
+    try:
+        _hydra_app()
+    finally:
+        hydra_utils.run_and_report = report
 
 
 @hydra.main(config_path="configs", config_name=None, version_base="1.3")

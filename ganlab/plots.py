@@ -13,8 +13,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
-from torchvision.io import write_png  # noqa: E402
+from torchvision.io import encode_png  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
+
+from ganlab.files import atomic_path, write_bytes_atomic  # noqa: E402
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -32,7 +34,8 @@ def image_grid(images: Tensor, nrow: int | None = None) -> Tensor:
 
 
 def save_grid_png(images: Tensor, path: Path, nrow: int | None = None) -> None:
-    write_png(image_grid(images, nrow), str(path))
+    """The grid as a PNG, written through a temp file (never half a picture)."""
+    write_bytes_atomic(path, encode_png(image_grid(images, nrow)).numpy().tobytes())
 
 
 def density_figure(generated: Tensor, target: Tensor | None = None, title: str = "") -> plt.Figure:
@@ -75,8 +78,12 @@ def scatter_figure(generated: Tensor, centers: Tensor | None = None, title: str 
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
-    fig.savefig(path)
-    plt.close(fig)
+    """Save (through a temp file; the target's extension picks the format) and close the figure."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or None)
+    finally:
+        plt.close(fig)
 
 
 def interpolation_figure(values: Tensor) -> plt.Figure:

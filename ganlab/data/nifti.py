@@ -15,7 +15,7 @@ from typing import Iterable, Union
 import nibabel as nib
 import numpy as np
 
-from ganlab.errors import GanlabError
+from ganlab.errors import GanlabError, first_line, os_error
 
 GRID_TOLERANCE = 1e-4  # mm; affines written by different tools differ in the last float32 digits
 
@@ -49,7 +49,9 @@ def _load(path: Path) -> nib.Nifti1Image:
     try:
         return nib.load(str(path))
     except Exception as err:  # nibabel raises ImageFileError, OSError, EOFError, ValueError ... per cause
-        raise GanlabError(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})") from err
+        refused = os_error(err, path, "cannot read")  # permission denied is not a damaged file
+        raise refused or GanlabError(f"{path}: not a readable NIfTI file ({type(err).__name__}: "
+                                     f"{first_line(err)})") from err
 
 
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -66,7 +68,7 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, nib.Nifti1Image]:
         data = np.asarray(image.get_fdata(dtype=np.float32, caching="unchanged"), dtype=np.float32)
     except Exception as err:  # truncated .nii.gz -> EOFError / zlib.error; short .nii -> OSError / ValueError
         raise GanlabError(f"{path}: could not read the voxel data, the file looks truncated or corrupt "
-                          f"({type(err).__name__}: {err})") from err
+                          f"({type(err).__name__}: {first_line(err)})") from err
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise GanlabError(f"{path}: {bad} voxels are NaN or infinite; expected finite intensities")
@@ -128,12 +130,17 @@ def write_like(path: str | os.PathLike, array: np.ndarray, reference_image: nib.
     for field in GEOMETRY_FIELDS:  # copied verbatim: nibabel may re-derive them from the affine otherwise
         if field in reference_header:
             image.header[field] = reference_header[field]
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix or ".nii"
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         nib.save(image, str(tmp))
         os.replace(tmp, path)
+    except OSError as err:  # read-only, disk full, permission denied: one line naming the file meant
+        refused = os_error(err, path, "cannot write")
+        if refused is None:
+            raise
+        raise refused from err
     finally:
         tmp.unlink(missing_ok=True)
     return path

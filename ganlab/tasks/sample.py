@@ -18,9 +18,10 @@ from torch import Tensor
 
 from ganlab.config_checks import check_values
 from ganlab.errors import GanlabError
+from ganlab.files import removed_on_failure, torch_save_atomic
 from ganlab.metrics.modes import mode_coverage
 from ganlab.plots import density_figure, interpolation_figure, save_figure, save_grid_png, scatter_figure
-from ganlab.runs import load_model, new_output_dir, resolve_device, resolve_run, write_yaml_atomic
+from ganlab.runs import RunRef, load_model, new_output_dir, resolve_device, resolve_run, write_yaml_atomic
 
 
 def slerp(z0: Tensor, z1: Tensor, steps: int) -> Tensor:
@@ -73,6 +74,9 @@ def _labels(cfg: DictConfig, model: Any) -> Tensor | None:
 
 def sample(cfg: DictConfig) -> Path:
     check_values(cfg, "sample")
+    if cfg.output and Path(str(cfg.output)).exists() and not Path(str(cfg.output)).is_dir():
+        raise GanlabError(f"output={cfg.output}: is a file; expected a folder (made if missing) to hold the new "
+                          "sample dir")
     ref = resolve_run(cfg.run, cfg.paths.log_dir)
     device = resolve_device(cfg.device)
     model, run_cfg = load_model(ref, device)
@@ -92,6 +96,14 @@ def sample(cfg: DictConfig) -> Path:
                           "ganlab sample needs a run with a generator")
     labels = _labels(cfg, model)
     out_dir = new_output_dir(Path(cfg.output) if cfg.output else ref.run_dir / "samples")
+    with removed_on_failure(out_dir):  # a failed sample leaves no partial output dir
+        return _write_samples(cfg, ref, model, run_cfg, labels, device, out_dir)
+
+
+def _write_samples(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig, labels: Tensor | None,
+                   device: torch.device, out_dir: Path) -> Path:
+    """Draw and write samples.pt (or interpolation.pt), the picture and sample.yaml into the new `out_dir`;
+    each file goes through a temp name, sample.yaml last."""
     rng = torch.Generator(device=device).manual_seed(int(cfg.seed))
     shape = tuple(model.sample_shape)
 
@@ -105,7 +117,7 @@ def sample(cfg: DictConfig) -> Path:
         saved = {"z": z.cpu(), "samples": x.view(rows, cfg.steps, *shape)}
         if y is not None:
             saved["labels"] = y.view(rows, cfg.steps)
-        torch.save(saved, out_dir / "interpolation.pt")
+        torch_save_atomic(saved, out_dir / "interpolation.pt")
         picture = "interpolation.png"
         if len(shape) == 3:
             save_grid_png(x, out_dir / picture, nrow=cfg.steps)
@@ -118,7 +130,7 @@ def sample(cfg: DictConfig) -> Path:
         y = None if labels is None else labels.repeat_interleave(cfg.n)
         z = model.sample_z(cfg.n if y is None else len(y), generator=rng)
         x = model.generate(z, y).cpu()
-        torch.save({"z": z.cpu(), "samples": x} | ({} if y is None else {"labels": y}), out_dir / "samples.pt")
+        torch_save_atomic({"z": z.cpu(), "samples": x} | ({} if y is None else {"labels": y}), out_dir / "samples.pt")
         if len(shape) == 3:
             picture = "grid.png"
             save_grid_png(x, out_dir / picture, nrow=cfg.nrow if y is None else cfg.n)

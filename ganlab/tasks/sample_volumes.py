@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ganlab.data import intensity, nifti
 from ganlab.data.slices import Crop
 from ganlab.errors import GanlabError
+from ganlab.files import removed_on_failure
 from ganlab.metrics import synthrad
 from ganlab.models.translation import tissue_names
 from ganlab.nets.resnet_generator import ResnetGenerator
@@ -101,7 +102,7 @@ def translate_volume(model: Any, item: VolumeInput, slicing: Slicing, direction:
                      device: torch.device) -> dict[str, Any]:
     """Read, normalise, slice, translate and un-normalise one volume; returns the arrays and the source image."""
     volume, image = nifti.read_volume(item.path)
-    mask = None if item.mask is None else nifti.read_volume(item.mask)[0] > 0  # grid checked in `_check_grids`
+    mask = None if item.mask is None else nifti.read_volume(item.mask)[0] > 0  # grid checked in `_check_inputs`
     if direction == "a2b":
         unit = intensity.normalize_mr(volume, mask=mask, method=slicing.method, percentiles=slicing.percentiles)
     else:
@@ -114,11 +115,16 @@ def translate_volume(model: Any, item: VolumeInput, slicing: Slicing, direction:
     return {"source_unit": unit, "image": image, "output": result, "mask": mask}
 
 
-def _check_grids(items: list[VolumeInput]) -> None:
-    """Headers only, before anything is written: every mask, reference CT and label map must lie on its
-    input's voxel grid (a misaligned reference would score the wrong voxels)."""
+def _check_inputs(items: list[VolumeInput]) -> None:
+    """Every input checked whole before anything is translated or written, so one bad volume in a folder
+    stops the command at once, with no output: first the headers (every mask, reference CT and label map
+    must lie on its input's voxel grid; a misaligned reference would score the wrong voxels), then every
+    volume read in full (a truncated file or a NaN is found now, not after hours of translating the others)."""
     for item in items:
         nifti.check_same_grid([item.path, *item.companions()])
+    for item in items:
+        for path in (item.path, *item.companions()):
+            nifti.read_volume(path)
 
 
 def volume_metrics(sct: np.ndarray, ct: np.ndarray, mask: np.ndarray | None,
@@ -166,11 +172,11 @@ def sample_volumes(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig
     if direction == "a2b" and any(item.mask is None for item in items):
         print("ganlab sample: note: MR without a body mask is normalised on the whole volume's statistics "
               "(training used the mask); give mask= or a SynthRAD patient folder to match training")
-    _check_grids(items)
+    _check_inputs(items)
     slicing = slicing_of(run_cfg, model)
     out_dir = new_output_dir(Path(cfg.output) if cfg.output else ref.run_dir / "samples")
     records: dict[str, Any] = {}
-    try:
+    with removed_on_failure(out_dir):  # a failure (disk full, Ctrl-C) leaves no partial sample dir
         for item in items:
             result = translate_volume(model, item, slicing, direction, batch_size, device)
             out_path = out_dir / f"{item.name}{OUTPUT_SUFFIX[direction]}"
@@ -179,14 +185,10 @@ def sample_volumes(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig
                                   "mask": str(item.mask.resolve()) if item.mask else None}
             if item.reference is not None:
                 records[item.name].update(_score(cfg, item, result, slicing.axis, out_dir))
-    except BaseException:
-        if not any(out_dir.iterdir()):  # nothing written yet: leave no empty sample dir behind
-            out_dir.rmdir()
-        raise
-    write_yaml_atomic(out_dir / "sample.yaml", {
-        "run": str(ref.run_dir), "checkpoint": str(ref.checkpoint), "direction": direction,
-        "axis": slicing.axis, "context": slicing.context, "mr_norm": slicing.method,
-        "percentiles": list(slicing.percentiles), "volumes": records,
-    })
+        write_yaml_atomic(out_dir / "sample.yaml", {
+            "run": str(ref.run_dir), "checkpoint": str(ref.checkpoint), "direction": direction,
+            "axis": slicing.axis, "context": slicing.context, "mr_norm": slicing.method,
+            "percentiles": list(slicing.percentiles), "volumes": records,
+        })
     print(f"ganlab sample: wrote {len(records)} volume(s) to {out_dir}")
     return out_dir
