@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ganlab.errors import GanlabError, first_line
+from ganlab.errors import GanlabError, first_line, os_error, warn
+from ganlab.files import atomic_path
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "run.yaml"
@@ -48,16 +48,29 @@ def new_output_dir(parent: Path, name: str | None = None) -> Path:
             return candidate
         except FileExistsError:
             continue
+        except OSError as err:  # read-only, full, not ours, or a file where a folder should be
+            user_error = os_error(err, candidate, "cannot create the output dir")
+            if user_error is None:
+                raise
+            raise user_error from err
     raise GanlabError(f"{parent}: could not create a new output dir named {base}*")
 
 
+def check_run_name(name: Any) -> None:
+    """`name=` is one folder under `<log_dir>/train/`, where `latest:<name>` and `resume=auto` look: a name
+    with a path separator or `..` would put the run elsewhere (`../../x` outside outputs/, `a/b` one level
+    too deep, so resume=auto would never find it and start from step 0 every time)."""
+    text = str(name)
+    if not text or text in (".", "..") or "/" in text or "\\" in text or os.path.isabs(text):
+        raise GanlabError(f"name={name}: expected a plain folder name (no '/', '..' or absolute path); a run goes "
+                          "to <log_dir>/train/<name>/<timestamp>/, where latest:<name> and resume=auto find it")
+
+
 def write_yaml_atomic(path: Path, data: dict[str, Any] | DictConfig) -> None:
-    """Write through a temp file + rename, so a crash never leaves a half-written file behind."""
+    """Write through a temp file + rename, so a crash or a full disk never leaves a half-written file behind."""
     text = OmegaConf.to_yaml(data if isinstance(data, DictConfig) else OmegaConf.create(data))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,28 +107,55 @@ def _is_run_dir(path: Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / MANIFEST_FILE).is_file()
 
 
-def _find_runs(train_dir: Path) -> list[Path]:
-    """Run dirs below `<log_dir>/train/<name>/`: single runs and multirun jobs alike."""
-    return [p.parent for p in train_dir.glob("*/*/" + MANIFEST_FILE) if _is_run_dir(p.parent)] + [
-        p.parent for p in train_dir.glob("*/*/*/" + MANIFEST_FILE) if _is_run_dir(p.parent)
-    ]
-
-
 def _has_checkpoint(run_dir: Path) -> bool:
     return any((run_dir / CHECKPOINT_DIR).glob("*.ckpt"))
 
 
-def _latest_run(log_dir: Path, name: str | None) -> Path:
-    """The most recently updated run that has a checkpoint (a run that failed before saving is skipped)."""
-    train_dir = log_dir / "train"
-    runs = [r for r in _find_runs(train_dir) if _has_checkpoint(r)]
+def _unusable(run_dir: Path) -> str | None:
+    """Why `latest`/`resume=auto` cannot use a dir holding a run.yaml, or None when it can."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        return f"no {CONFIG_FILE}"
+    if not _has_checkpoint(run_dir):
+        return f"no checkpoint in {CHECKPOINT_DIR}/"
+    return None
+
+
+def _newest_run(train_dir: Path, name: str | None) -> tuple[Path | None, list[str]]:
+    """Among the run dirs below `<log_dir>/train/<name>/` (single runs and multirun jobs alike) that hold
+    config.yaml and a checkpoint, the one (of `name`, if given) whose run.yaml was written last; and a note
+    for each newer dir with a run.yaml that was passed over, saying why."""
+    found = {p.parent for pattern in ("*/*/", "*/*/*/") for p in train_dir.glob(pattern + MANIFEST_FILE)}
+    found = {r for r in found if not any(part.startswith(".") for part in r.relative_to(train_dir).parts)}
     if name is not None:
-        runs = [r for r in runs if r.relative_to(train_dir).parts[0] == name]
-    if not runs:
+        found = {r for r in found if r.relative_to(train_dir).parts[0] == name}
+    passed_over = []
+    for run in sorted(found, key=lambda r: ((r / MANIFEST_FILE).stat().st_mtime, str(r)), reverse=True):
+        why = _unusable(run)
+        if why is None:
+            return run, passed_over
+        passed_over.append(f"{run} ({why})")
+    return None, passed_over
+
+
+def _passed_over(notes: list[str]) -> str:
+    shown = ", ".join(notes[:3]) + (f" and {len(notes) - 3} more" if len(notes) > 3 else "")
+    return f"passed over newer {shown}"
+
+
+def _latest_run(log_dir: Path, name: str | None) -> Path:
+    """The most recently updated run that has a checkpoint (a run that failed before saving is skipped, with
+    a warning naming it)."""
+    train_dir = log_dir / "train"
+    spec = f"run=latest{':' + name if name else ''}"
+    run, passed_over = _newest_run(train_dir, name)
+    if run is None:
         where = train_dir / name if name else train_dir
-        raise GanlabError(f"run=latest{':' + name if name else ''}: no runs with a checkpoint under {where} "
-                          "(expected <name>/<timestamp>/run.yaml and checkpoints/*.ckpt from `ganlab train`)")
-    return max(runs, key=lambda r: ((r / MANIFEST_FILE).stat().st_mtime, str(r)))
+        raise GanlabError(f"{spec}: no runs with a checkpoint under {where} (expected <name>/<timestamp>/run.yaml "
+                          "and checkpoints/*.ckpt from `ganlab train`)"
+                          + (f"; {_passed_over(passed_over)}" if passed_over else ""))
+    if passed_over:
+        warn(f"{spec}: {_passed_over(passed_over)}; using {run}")
+    return run
 
 
 def resumable_checkpoint(log_dir: str | os.PathLike, name: str) -> Path | None:
@@ -126,11 +166,13 @@ def resumable_checkpoint(log_dir: str | os.PathLike, name: str) -> Path | None:
     (the manifest's last_checkpoint, else checkpoints/last.ckpt). A run killed before its first checkpoint
     is skipped, so the chain falls back to the run before it.
     """
-    train_dir = Path(log_dir).resolve() / "train"
-    runs = [r for r in _find_runs(train_dir) if _has_checkpoint(r) and r.relative_to(train_dir).parts[0] == name]
-    if not runs:
+    run, passed_over = _newest_run(Path(log_dir).resolve() / "train", name)
+    if run is None:
         return None
-    return _checkpoint_of(max(runs, key=lambda r: ((r / MANIFEST_FILE).stat().st_mtime, str(r))))
+    checkpoint = _checkpoint_of(run)
+    if passed_over:
+        warn(f"resume=auto: {_passed_over(passed_over)}; continuing {checkpoint}")
+    return checkpoint
 
 
 def _checkpoint_of(run_dir: Path) -> Path:

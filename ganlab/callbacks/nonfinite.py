@@ -40,6 +40,7 @@ class NonFiniteLossGuard(pl.Callback):
         self._finite: Tensor | None = None
         self.skipped = 0
         self._skips_in_a_row = 0
+        self._saved_step: int | None = None  # the step of the last checkpoint this run wrote (None: none yet)
 
     # --- policy: stop ------------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -72,9 +73,9 @@ class NonFiniteLossGuard(pl.Callback):
         self._first_bad = torch.where(newly_bad, step, self._first_bad)
         self._first_bad_value = torch.where(newly_bad, values, self._first_bad_value)
         if (batch_idx + 1) % self.check_every_n_steps == 0:
-            self._raise_if_bad()
+            self._raise_if_bad(trainer)
 
-    def _raise_if_bad(self) -> None:
+    def _raise_if_bad(self, trainer: pl.Trainer) -> None:
         if self._first_bad is None:
             return
         steps = self._first_bad.tolist()  # the one host sync
@@ -82,16 +83,23 @@ class NonFiniteLossGuard(pl.Callback):
         if bad:
             key = min(bad, key=lambda k: (bad[k], k))
             value = float(self._first_bad_value[self._keys.index(key)])
-            raise GanlabError(f"{key} became {value} at step {bad[key]}; stopped, and the last checkpoint "
-                              "written before it was kept (lower the learning rates, check the data for "
-                              "NaN, or set nan_policy=skip)")
+            if self._saved_step is not None:
+                kept = f"stopped, and the last checkpoint written before it (step {self._saved_step}) was kept"
+            elif getattr(trainer, "ckpt_path", None):
+                kept = (f"stopped; no checkpoint was written yet in this run (the one it resumed from, "
+                        f"{trainer.ckpt_path}, is untouched)")
+            else:
+                kept = "stopped; no checkpoint was written yet"
+            raise GanlabError(f"{key} became {value} at step {bad[key]}; {kept} (lower the learning rates, check "
+                              "the data for NaN, or set nan_policy=skip)")
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        self._raise_if_bad()  # runs before the file is written: a poisoned state is never saved
+        self._raise_if_bad(trainer)  # runs before the file is written: a poisoned state is never saved
+        self._saved_step = trainer.global_step
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._raise_if_bad()
+        self._raise_if_bad(trainer)
 
     # --- policy: skip ------------------------------------------------------------------------------------
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,

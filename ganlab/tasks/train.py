@@ -27,8 +27,8 @@ from ganlab.errors import GanlabError
 from ganlab.callbacks.distributed import PerRankSeed
 from ganlab.callbacks.signals import SignalCheckpoint
 from ganlab.config_checks import check_values
-from ganlab.runs import (CHECKPOINT_DIR, CONFIG_FILE, load_checkpoint, resolve_run, resumable_checkpoint,
-                         update_manifest, write_yaml_atomic)
+from ganlab.runs import (CHECKPOINT_DIR, CONFIG_FILE, check_run_name, load_checkpoint, resolve_run,
+                         resumable_checkpoint, update_manifest, write_yaml_atomic)
 
 
 # Lightning warns that periodic checkpoints under manual optimization hold the state after the step. For
@@ -115,6 +115,7 @@ def train(cfg: DictConfig) -> Path | float:
     """Fit; return the run dir, or the value of `optimized_metric` when a sweeper asks for one."""
     check_values(cfg, "train")
     _refuse_multirun_with_ddp(cfg)
+    check_run_name(cfg.name)  # also a sweep's per-job name= (the run dir itself was checked before Hydra made it)
     run_dir = Path(cfg.paths.output_dir)
     ckpt_path = _resume_checkpoint(cfg)
     if ckpt_path is not None:
@@ -150,8 +151,11 @@ def train(cfg: DictConfig) -> Path | float:
     except BaseException as err:
         if rank_zero_only.rank == 0:
             interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
-            update_manifest(run_dir, status="interrupted" if interrupted else "failed",
-                            error=f"{type(err).__name__}: {err}"[:500], global_step=trainer.global_step)
+            try:
+                update_manifest(run_dir, status="interrupted" if interrupted else "failed",
+                                error=f"{type(err).__name__}: {err}"[:500], global_step=trainer.global_step)
+            except (OSError, GanlabError):  # a full or read-only disk: report what stopped the run, not this
+                pass
         raise
     stopped_by = next((c.stopped_by for c in trainer.callbacks if isinstance(c, SignalCheckpoint) and c.stopped_by),
                       None)

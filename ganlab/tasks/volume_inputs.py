@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganlab.errors import GanlabError
+from ganlab.errors import GanlabError, warn
 
 SUFFIXES = (".nii.gz", ".nii")
 
@@ -79,7 +79,13 @@ def find_inputs(spec: str, direction: str, reference: str | None = None, mask: s
     if patient is not None:  # input= names one patient's folder
         return [patient]
     found = [VolumeInput(_stem(p), p) for p in _nifti_files(path)]
-    found += [p for p in (_patient(d, direction) for d in sorted(path.iterdir())) if p is not None]
+    skipped = []
+    for folder in sorted(d for d in path.iterdir() if d.is_dir()):
+        patient = _patient(folder, direction)
+        if patient is not None:
+            found.append(patient)
+        elif not folder.name.startswith("."):
+            skipped.append(folder)
     if not found:
         raise GanlabError(f"input={spec}: no *.nii.gz / *.nii files and no <patient>/{source}.nii.gz "
                           "folders in it")
@@ -88,4 +94,7 @@ def find_inputs(spec: str, direction: str, reference: str | None = None, mask: s
     if twice:
         raise GanlabError(f"input={spec}: {', '.join(twice)} named twice (e.g. x.nii and x.nii.gz, or a file and "
                           "a patient folder); outputs are named after them, so rename one")
+    if skipped:  # a patient whose MR is missing or misnamed would otherwise just be absent from the output
+        shown = ", ".join(str(d) for d in skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        warn(f"input={spec}: skipped {len(skipped)} folder(s) without {source}.nii.gz or {source}.nii: {shown}")
     return found
