@@ -7,7 +7,9 @@ starts, and the manifest is updated with the outcome, the last checkpoint and th
 from __future__ import annotations
 
 import datetime as dt
+import os
 import signal
+import socket
 import sys
 import warnings
 from pathlib import Path
@@ -25,6 +27,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from ganlab import __version__
 from ganlab.errors import GanlabError
 from ganlab.callbacks.distributed import PerRankSeed
+from ganlab.callbacks.hparams import BestMetrics, hparams_metrics, log_hparams, run_hparams, sweep_info
 from ganlab.callbacks.signals import SignalCheckpoint
 from ganlab.config_checks import check_values
 from ganlab.runs import (CHECKPOINT_DIR, CONFIG_FILE, check_run_name, load_checkpoint, resolve_run,
@@ -128,13 +131,16 @@ def train(cfg: DictConfig) -> Path | float:
         _check_fits(model, resume_ckpt, ckpt_path)
         del resume_ckpt
     loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _instantiate_all(cfg.get("callbacks")) + [PerRankSeed(cfg.seed)]
+    best = BestMetrics()
+    callbacks = _instantiate_all(cfg.get("callbacks")) + [PerRankSeed(cfg.seed), best]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if cfg.get("perf"):
         callbacks.append(instantiate(cfg.perf))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
+    sweep = sweep_info(cfg)
     if rank_zero_only.rank == 0:
         write_yaml_atomic(run_dir / CONFIG_FILE, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
         update_manifest(
@@ -143,8 +149,12 @@ def train(cfg: DictConfig) -> Path | float:
             name=cfg.name,
             ganlab_version=__version__,
             started=dt.datetime.now().isoformat(timespec="seconds"),
-            overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:],
+            overrides=overrides,
             resumed_from=str(ckpt_path) if ckpt_path else None,
+            # Which process writes this run: `ganlab runs` shows a "running" run whose process is gone as killed.
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            **({"sweep": sweep} if sweep else {}),
         )
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -169,6 +179,9 @@ def train(cfg: DictConfig) -> Path | float:
         trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics.update(_metrics(trainer))
     if trainer.is_global_zero:
+        # TensorBoard's HParams tab: the run's (swept) overrides with its final and best validation metrics.
+        log_hparams(trainer, run_hparams(cfg, overrides, sweep["swept"] if sweep else None),
+                    hparams_metrics(metrics, best.best))
         update_manifest(
             run_dir,
             status=status,
@@ -176,6 +189,7 @@ def train(cfg: DictConfig) -> Path | float:
             global_step=trainer.global_step,
             last_checkpoint=str(last.relative_to(run_dir)),
             metrics=metrics,
+            best_metrics=dict(best.best),
             perf=getattr(trainer, "perf_report", None),
             **({"stopped_by": stopped_by} if stopped_by else {}),
         )
