@@ -65,6 +65,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "batch_size": COUNT,
         "panel_slices": COUNT,
         "device": DEVICE,
+        "truncation": (_positive_number, "a positive number (latent entries beyond it are redrawn) or null", True),
     },
     "explain": {"seed": SEED, "n": COUNT, "device": DEVICE},
 }

@@ -22,6 +22,7 @@ from ganlab.files import removed_on_failure, torch_save_atomic
 from ganlab.metrics.modes import mode_coverage
 from ganlab.plots import density_figure, interpolation_figure, save_figure, save_grid_png, scatter_figure
 from ganlab.runs import RunRef, load_model, new_output_dir, resolve_device, resolve_run, write_yaml_atomic
+from ganlab.tasks.sample_truncation import check_thresholds, latents, write_strip
 
 
 def slerp(z0: Tensor, z1: Tensor, steps: int) -> Tensor:
@@ -95,6 +96,8 @@ def sample(cfg: DictConfig) -> Path:
         raise GanlabError(f"{ref.run_dir}: not a GAN run (its model is {run_cfg.model.get('_target_')}); "
                           "ganlab sample needs a run with a generator")
     labels = _labels(cfg, model)
+    if cfg.get("truncation") is not None:
+        check_thresholds(cfg.truncation, cfg.get("truncation_strip"))
     out_dir = new_output_dir(Path(cfg.output) if cfg.output else ref.run_dir / "samples")
     with removed_on_failure(out_dir):  # a failed sample leaves no partial output dir
         return _write_samples(cfg, ref, model, run_cfg, labels, device, out_dir)
@@ -106,11 +109,12 @@ def _write_samples(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig
     each file goes through a temp name, sample.yaml last."""
     rng = torch.Generator(device=device).manual_seed(int(cfg.seed))
     shape = tuple(model.sample_shape)
+    truncation = cfg.get("truncation")  # the truncation trick (sample_truncation.py); None: plain z
 
     if cfg.interpolate:
         # Conditional runs: one strip per label, the label held fixed along it.
         rows = cfg.rows if labels is None else len(labels)
-        z0, z1 = model.sample_z(rows, generator=rng), model.sample_z(rows, generator=rng)
+        z0, z1 = latents(model, rows, rng, truncation), latents(model, rows, rng, truncation)
         z = slerp(z0, z1, cfg.steps).reshape(rows * cfg.steps, -1)
         y = None if labels is None else labels.repeat_interleave(cfg.steps)
         x = model.generate(z, y).cpu()
@@ -128,7 +132,7 @@ def _write_samples(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig
     else:
         # Conditional runs: n samples per label, one grid row per label.
         y = None if labels is None else labels.repeat_interleave(cfg.n)
-        z = model.sample_z(cfg.n if y is None else len(y), generator=rng)
+        z = latents(model, cfg.n if y is None else len(y), rng, truncation)
         x = model.generate(z, y).cpu()
         torch_save_atomic({"z": z.cpu(), "samples": x} | ({} if y is None else {"labels": y}), out_dir / "samples.pt")
         if len(shape) == 3:
@@ -146,10 +150,17 @@ def _write_samples(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig
             save_figure(figure, out_dir / picture)
         else:
             picture = None
+    strip = None
+    if truncation is not None:
+        thresholds = check_thresholds(truncation, cfg.get("truncation_strip"))
+        columns = cfg.n if len(shape) != 3 else cfg.nrow or (8 if labels is None else len(labels))
+        strip = write_strip(model, labels, thresholds, columns, int(cfg.seed), device, out_dir)
     write_yaml_atomic(out_dir / "sample.yaml", OmegaConf.create({
         "run": str(ref.run_dir), "checkpoint": str(ref.checkpoint), "n": cfg.n, "seed": cfg.seed,
         "interpolate": cfg.interpolate, "picture": picture,
         "labels": None if labels is None else labels.tolist(),
+        "truncation": truncation, **({"truncation_strip": strip} if strip else {}),
     }))
-    print(f"ganlab sample: wrote {out_dir}" + (f" ({picture})" if picture else ""))
+    shown = ", ".join(p for p in (picture, strip) if p)
+    print(f"ganlab sample: wrote {out_dir}" + (f" ({shown})" if shown else ""))
     return out_dir
