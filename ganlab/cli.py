@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from typing import Any
 
@@ -22,6 +23,7 @@ VERBS = {
     "train": "train a model: ganlab train +experiment=gan_gaussian trainer.max_steps=2000",
     "sample": "sample a trained run: ganlab sample run=latest n=64 (or interpolate=true)",
     "explain": "attribution maps of a trained run: ganlab explain run=latest method=all targets=[3,5]",
+    "runs": "list runs to compare a sweep: ganlab runs [PATH] sort=val/w1 (name='gan_*', format=csv|md)",
 }
 
 USAGE = f"""usage: ganlab <verb> [hydra overrides...]
@@ -56,8 +58,29 @@ def main(argv: list[str] | None = None) -> None:
     verb = args[0]
     if verb not in VERBS:
         sys.exit(f"ganlab: unknown verb {verb!r}; expected one of: {', '.join(VERBS)}\n\n{USAGE}")
-    sys.argv = [sys.argv[0], f"--config-name={verb}", *args[1:]]
+    rest = _path_argument(args[1:]) if verb == "runs" else args[1:]
+    sys.argv = [sys.argv[0], f"--config-name={verb}", *rest]
     _run_hydra_app(verb)
+
+
+# Hydra's flags that take the next argument as their value (`--cfg job`, `--info defaults`).
+_VALUE_FLAGS = ("-c", "--cfg", "-p", "--package", "--info", "-cd", "--config-dir", "--experimental-rerun")
+
+
+def _path_argument(args: list[str]) -> list[str]:
+    """`ganlab runs PATH ...`: a bare PATH (no '=', not a flag or a flag's value) becomes the override
+    `path='PATH'`, quoted so that Hydra takes any path literally (commas, spaces, quotes, `${`)."""
+    out, paths = [], []
+    for i, arg in enumerate(args):
+        if "=" in arg or arg.startswith("-") or (i and args[i - 1] in _VALUE_FLAGS):
+            out.append(arg)
+            continue
+        text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, arg)  # backslashes before a quote or the end
+        paths.append(arg)
+        out.append("path='" + text.replace("'", "\\'").replace("${", "\\${") + "'")
+    if len(paths) > 1:
+        sys.exit(f"ganlab runs: error: {len(paths)} paths given ({', '.join(paths)}); expected one folder of runs")
+    return out
 
 
 def _config_name(argv: list[str]) -> str:

@@ -68,6 +68,7 @@ CHECKS: dict[str, dict[str, Check]] = {
         "truncation": (_positive_number, "a positive number (latent entries beyond it are redrawn) or null", True),
     },
     "explain": {"seed": SEED, "n": COUNT, "device": DEVICE},
+    "runs": {},
 }
 
 
