@@ -225,3 +225,25 @@ def test_a_path_is_taken_literally(sweep, tmp_path):
     shutil.copytree(sweep_dir / "0", odd / "0", ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
     rows = _listing(tmp_path, str(odd))
     assert [r["run"] for r in rows] == ["0"] and rows[0]["status"] == "completed"
+
+
+def test_best_metrics_follow_each_metrics_direction_and_survive_a_resume():
+    from types import SimpleNamespace
+
+    from ganlab.callbacks.hparams import BestMetrics, direction
+
+    assert [direction(k) for k in ("val/fid", "val/w1", "val/acc", "val/modes_captured", "val/mae_air",
+                                   "val/psnr", "val/D(x)", "val/D_score(x)")] == \
+        ["min", "min", "max", "max", "min", "max", None, None]
+    best = BestMetrics()
+    for sanity, metrics in [(True, {"val/w1": 0.01, "val/acc": 1.0}),  # the sanity check never counts
+                            (False, {"val/w1": 3.0, "val/acc": 0.5, "val/D(x)": 0.7}),
+                            (False, {"val/w1": 1.0, "val/acc": 0.4}),
+                            (False, {"val/w1": 2.0, "val/acc": 0.9, "train/loss_d": 0.1})]:
+        trainer = SimpleNamespace(sanity_checking=sanity, callback_metrics={k: torch.tensor(v) for k, v in
+                                                                           metrics.items()})
+        best.on_validation_end(trainer, None)
+    assert best.best == {"val/w1": 1.0, "val/acc": pytest.approx(0.9)}
+    resumed = BestMetrics()
+    resumed.load_state_dict(best.state_dict())
+    assert resumed.best == best.best

@@ -34,9 +34,15 @@ LOWER_IS_BETTER = frozenset({"fid", "fid_inception", "kid", "w1", "ks", "mean_er
 
 
 def direction(key: str) -> str | None:
-    """'max', 'min' or None (unknown) for a metric name such as `val/fid`."""
+    """'max', 'min' or None (unknown) for a metric name such as `val/fid`; a name's first word decides for
+    per-part variants (`val/mae_air`, `val/psnr_bone` as `mae`, `psnr`)."""
     leaf = key.rsplit("/", 1)[-1]
-    return "max" if leaf in HIGHER_IS_BETTER else "min" if leaf in LOWER_IS_BETTER else None
+    for name in (leaf, leaf.split("_", 1)[0]):
+        if name in HIGHER_IS_BETTER:
+            return "max"
+        if name in LOWER_IS_BETTER:
+            return "min"
+    return None
 
 
 def _better(key: str, new: float, old: float | None) -> bool:

@@ -275,13 +275,16 @@ def runs(cfg: DictConfig) -> list[Run]:
     all_metrics = sorted({k for r in found for k in r.metrics})
     metric_keys = _as_list(cfg.get("metrics"))
     if metric_keys is None:
-        metric_keys = [k for k in all_metrics if k.startswith("val/")]
+        metric_keys = [k for k in all_metrics if k.startswith("val/")]  # a copy: the sort key may be added
     unknown = [k for k in metric_keys if k not in all_metrics]
     if unknown:
         shown = ", ".join(all_metrics[:25]) + (", ..." if len(all_metrics) > 25 else "")
         raise GanlabError(f"metrics={cfg.metrics}: no listed run has {', '.join(unknown)}; expected some of: "
                           f"{shown or 'none (no run recorded metrics)'}")
-    known = [*FIXED, *sorted({k for r in found for k in r.overrides}), *all_metrics]
+    # The error for an unknown sort key shows the first 25: validation metrics before the rest.
+    val_metrics = [k for k in all_metrics if k.startswith("val/")]
+    known = [*FIXED, *val_metrics, *sorted({k for r in found for k in r.overrides}),
+             *(k for k in all_metrics if k not in val_metrics)]
     sort = None if cfg.get("sort") is None else str(cfg.sort)
     ordered = _sort(found, sort, known)
     sort_key = sort.lstrip("-") if sort else None
