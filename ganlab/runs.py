@@ -2,8 +2,9 @@
 
 A run dir holds `config.yaml` (the resolved config), `run.yaml` (manifest: status, checkpoints, metrics)
 and `checkpoints/`. Everything `sample` needs is in there. Loading never executes code chosen by the file:
-YAML is read with OmegaConf's safe loader, every `_target_` is checked against an allowlist before Hydra
-instantiates anything, and checkpoints are read with `torch.load(weights_only=True)`.
+YAML is read with OmegaConf's safe loader, every `_target_` is resolved and checked against an allowlist of
+what it *is* before Hydra instantiates anything (ganlab/safe_config.py), and checkpoints are read with
+`torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ganlab.errors import GanlabError, first_line, os_error, warn
 from ganlab.files import atomic_path
+from ganlab.safe_config import check_run_config
 
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "run.yaml"
 CHECKPOINT_DIR = "checkpoints"
-ALLOWED_TARGET_PREFIXES = ("ganlab.", "torch.nn.", "torch.optim.", "pytorch_lightning.")
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,9 @@ def _checkpoint_of(run_dir: Path) -> Path:
     """The run's last checkpoint: the manifest's record, else checkpoints/last.ckpt, else the newest .ckpt."""
     manifest = read_manifest(run_dir)
     recorded = manifest.get("last_checkpoint")
-    if recorded and (run_dir / recorded).is_file():
+    # Only a checkpoint inside the run dir: a manifest is a file anyone can edit, like config.yaml.
+    if isinstance(recorded, str) and recorded and (run_dir / recorded).resolve().is_relative_to(run_dir.resolve()) \
+            and (run_dir / recorded).is_file():
         return run_dir / recorded
     ckpt_dir = run_dir / CHECKPOINT_DIR
     if (ckpt_dir / "last.ckpt").is_file():
@@ -212,23 +215,6 @@ def resolve_run(spec: str | os.PathLike, log_dir: str | os.PathLike) -> RunRef:
                       "(give a run dir, a .ckpt, latest or latest:<name>)")
 
 
-def check_targets(node: Any, source: str, key: str = "") -> None:
-    """Refuse any `_target_` outside the allowlist before Hydra can import or call it."""
-    if isinstance(node, DictConfig):
-        for k in node.keys():
-            child_key = f"{key}.{k}" if key else str(k)
-            if k == "_target_":
-                target = node[k]
-                if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES):
-                    raise GanlabError(f"{source}: {child_key}={target!r} is not allowed; targets must start "
-                                      f"with one of {', '.join(ALLOWED_TARGET_PREFIXES)}")
-            else:
-                check_targets(node._get_node(k), source, child_key)
-    elif isinstance(node, ListConfig):
-        for i, item in enumerate(node._iter_ex(resolve=False)):
-            check_targets(item, source, f"{key}[{i}]")
-
-
 def load_run_config(run_dir: Path) -> DictConfig:
     path = run_dir / CONFIG_FILE
     try:
@@ -239,7 +225,7 @@ def load_run_config(run_dir: Path) -> DictConfig:
         raise GanlabError(f"{path}: not a valid config ({err})") from None
     if not isinstance(cfg, DictConfig) or "model" not in cfg:
         raise GanlabError(f"{path}: expected a ganlab run config with a `model` section")
-    check_targets(cfg, str(path))
+    check_run_config(cfg, str(path))
     return cfg
 
 

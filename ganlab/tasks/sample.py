@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from ganlab.config_checks import check_values
-from ganlab.errors import GanlabError
+from ganlab.errors import GanlabError, first_line
 from ganlab.files import removed_on_failure, torch_save_atomic
 from ganlab.metrics.modes import mode_coverage
 from ganlab.plots import density_figure, interpolation_figure, save_figure, save_grid_png, scatter_figure
@@ -40,13 +40,17 @@ def slerp(z0: Tensor, z1: Tensor, steps: int) -> Tensor:
     return torch.where(so.abs() < 1e-6, linear, spherical)
 
 
-def _run_data(run_cfg: DictConfig) -> Any | None:
+def _run_data(run_cfg: DictConfig, run_dir: Path) -> Any:
     """The run's rebuilt datamodule, whose target facts (held-out `val_set`, mode `centers` and `std`) are
-    drawn under G's samples; None when the data cannot be rebuilt here (e.g. the run's data files are gone)."""
+    drawn under G's samples. A part of a loaded run that fails to build stops the command: carrying on
+    without it would hide a damaged or planted config.yaml."""
     try:
         return instantiate(run_cfg.data)
-    except Exception:
-        return None
+    except GanlabError:
+        raise
+    except Exception as err:
+        raise GanlabError(f"{run_dir / 'config.yaml'}: cannot rebuild the run's data section "
+                          f"{run_cfg.data.get('_target_')} ({first_line(err)})") from None
 
 
 def _scatter_title(x: Tensor, data: Any | None) -> str:
@@ -141,11 +145,11 @@ def _write_samples(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig
         elif shape == (1,):
             picture = "histogram.png"
             title = f"generated mean {x.mean():.3f}, std {x.std():.3f} (n={cfg.n})"
-            target = getattr(_run_data(run_cfg), "val_set", None)
+            target = getattr(_run_data(run_cfg, ref.run_dir), "val_set", None)
             save_figure(density_figure(x, target, title=title), out_dir / picture)
         elif shape == (2,):
             picture = "scatter.png"
-            data = _run_data(run_cfg)
+            data = _run_data(run_cfg, ref.run_dir)
             figure = scatter_figure(x, getattr(data, "centers", None), title=_scatter_title(x, data))
             save_figure(figure, out_dir / picture)
         else:

@@ -30,7 +30,7 @@ from ganlab.callbacks.distributed import PerRankSeed
 from ganlab.callbacks.hparams import BestMetrics, hparams_metrics, log_hparams, run_hparams, sweep_info
 from ganlab.callbacks.signals import SignalCheckpoint
 from ganlab.config_checks import check_values
-from ganlab.runs import (CHECKPOINT_DIR, CONFIG_FILE, check_run_name, load_checkpoint, resolve_run,
+from ganlab.runs import (CHECKPOINT_DIR, CONFIG_FILE, check_run_name, load_checkpoint, load_run_config, resolve_run,
                          resumable_checkpoint, update_manifest, write_yaml_atomic)
 
 
@@ -94,13 +94,19 @@ def _resume_checkpoint(cfg: DictConfig) -> Path | None:
     if cfg.get("ckpt_path"):
         if resume:
             raise GanlabError(f"resume=auto and ckpt_path={cfg.ckpt_path} both given; keep one of them")
-        return resolve_run(cfg.ckpt_path, cfg.paths.log_dir).checkpoint
-    if resume == "auto":
+        checkpoint = resolve_run(cfg.ckpt_path, cfg.paths.log_dir).checkpoint
+    elif resume == "auto":
         if _multirun():
             raise GanlabError("resume=auto picks one run to continue and cannot serve every job of a -m sweep; "
                               "give each job its own ckpt_path=<run dir>")
-        return resumable_checkpoint(cfg.paths.log_dir, cfg.name)
-    return None
+        checkpoint = resumable_checkpoint(cfg.paths.log_dir, cfg.name)
+    else:
+        return None
+    if checkpoint is not None:
+        # The run being continued must pass the same checks as one being sampled: a planted config.yaml
+        # next to the checkpoint is refused, never trusted.
+        load_run_config(resolve_run(checkpoint, cfg.paths.log_dir).run_dir)
+    return checkpoint
 
 
 def _objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
