@@ -84,9 +84,10 @@ def test_train_then_sample(experiment, tmp_path, data_dir):
         assert torch.load(strip / "interpolation.pt", weights_only=True)["samples"].shape == (2, 5, 1)
         assert decode_png(read_file(str(strip / "interpolation.png"))).shape[0] in (3, 4)
     else:  # 2-D mixtures: a scatter over the mode centres, and PacGAN's mode count
-        assert shape == (2,) and "samples/scatter" in tags["images"]
+        assert shape == (2,) and "samples/scatter" in tags["images"] and "samples/collapse_strip" in tags["images"]
         assert 0 <= info["metrics"]["val/modes_captured"] <= 25 and 0 <= info["metrics"]["val/high_quality"] <= 1
         assert decode_png(read_file(str(out / "scatter.png"))).shape[0] in (3, 4)
+        assert decode_png(read_file(str(out / "collapse_strip.png"))).shape[0] in (3, 4)  # from the checkpoint
 
 
 def test_multirun_sweep_gives_each_job_its_own_run_dir(tmp_path):

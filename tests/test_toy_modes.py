@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from ganlab.callbacks.mode_metrics import ModeCoverageMetrics2D
+from ganlab.callbacks.sample_logger import GeneratedSamplesLogger
 from ganlab.data.gaussian_mixture import GaussianMixtureDataModule, grid_centers, ring_centers
+from ganlab.nets.mlp import Maxout, MLPDiscriminator
 from ganlab.metrics.modes import mode_coverage
-from ganlab.plots import scatter_figure
+from ganlab.plots import scatter_figure, snapshot_strip_figure
 
 RING = ring_centers(8, 2.0)
 
@@ -84,6 +86,16 @@ def test_samples_on_four_centres_capture_four_modes():
     result = mode_coverage(_at_centers([0, 2, 4, 6]), RING, 0.02)
     assert result.modes_captured == 4 and result.high_quality == 1.0
     assert result.per_mode.tolist() == [625, 0, 625, 0, 625, 0, 625, 0]
+    assert result.reverse_kl == pytest.approx(math.log(8) - math.log(4))  # uniform over 4 of 8: log 2
+
+
+def test_reverse_kl_by_hand():
+    """KL(p || uniform) = log K - H(p): 0 when uniform, log K on one mode, by hand for 3:1 over two modes."""
+    assert mode_coverage(_at_centers(list(range(8))), RING, 0.02).reverse_kl == pytest.approx(0.0, abs=1e-12)
+    assert mode_coverage(_at_centers([5]), RING, 0.02).reverse_kl == pytest.approx(math.log(8))
+    skewed = torch.cat([RING[[0]].repeat(750, 1), RING[[1]].repeat(250, 1), torch.full((500, 2), 9.0)])
+    entropy = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))  # off-mode samples (at 9, 9) do not count
+    assert mode_coverage(skewed, RING, 0.02).reverse_kl == pytest.approx(math.log(8) - entropy)
 
 
 def test_samples_four_std_away_are_low_quality():
@@ -118,7 +130,7 @@ def test_callback_logs_coverage_of_fresh_samples():
     )
     trainer = SimpleNamespace(sanity_checking=False, datamodule=_ring8())
     ModeCoverageMetrics2D(num_samples=100).on_validation_epoch_end(trainer, module)
-    assert logged == {"val/modes_captured": 1.0, "val/high_quality": 1.0}
+    assert logged == {"val/modes_captured": 1.0, "val/high_quality": 1.0, "val/reverse_kl": pytest.approx(math.log(8))}
     trainer.datamodule = SimpleNamespace()
     with pytest.raises(ValueError, match="centers"):
         ModeCoverageMetrics2D().on_validation_epoch_end(trainer, module)
@@ -133,4 +145,50 @@ def test_scatter_figure_draws_points_over_centres():
     assert torch.allclose(torch.as_tensor(centres.get_offsets().data, dtype=torch.float32), RING)
     assert ax.get_title() == "step 0"
     assert len(scatter_figure(points).axes[0].collections) == 1  # no centres known: points only
+    plt.close("all")
+
+
+def test_fixed_training_points_are_reshuffled_each_epoch_and_never_redrawn():
+    """PacGAN's protocol: one draw of N points; every batch is a subset of it, a new order each epoch."""
+    data = _ring8(seed=5, batch_size=100, batches_per_epoch=30, train_points=1000)
+    points = data.train_batches.points
+    first = torch.cat([b["image"] for b in data.train_dataloader()])
+    second = torch.cat([b["image"] for b in data.train_dataloader()])
+    assert first.shape == (3000, 2)
+    assert torch.equal(first[:1000].sort(dim=0).values, points.sort(dim=0).values)  # a permutation of the set
+    assert not torch.equal(first, second)
+    assert torch.isin(second[:, 0], points[:, 0]).all()  # no point outside the fixed set
+    assert torch.equal(points, _ring8(seed=5, batch_size=100, train_points=1000).train_batches.points)
+    with pytest.raises(ValueError, match="train_points"):
+        _ring8(batch_size=100, train_points=50)
+
+
+def test_maxout_discriminator_keeps_the_largest_piece():
+    layer = Maxout(2, 3, pieces=5)
+    x = torch.randn(7, 2)
+    by_hand = (x @ layer.linear.weight.T + layer.linear.bias).view(7, 3, 5).max(dim=-1).values
+    assert torch.allclose(layer(x), by_hand)
+    d = MLPDiscriminator(in_shape=[2], hidden=[200, 200, 200], maxout_pieces=5, pack=2)
+    assert [m.linear.in_features for m in d.net if isinstance(m, Maxout)] == [4, 200, 200]
+    assert d(torch.randn(10, 2)).shape == (5,)
+
+
+def test_collapse_strip_snapshots_survive_a_checkpoint_and_draw_in_order():
+    logger = GeneratedSamplesLogger(every_n_steps=10, num_scatter_samples=50, num_snapshot_samples=20)
+    module = SimpleNamespace(
+        sample_shape=(2,), fixed_z=torch.zeros(1, 4),
+        sample_z=lambda n, generator: torch.randn(n, 4, generator=generator),
+        generate=lambda z: z[:, :2],
+    )
+    for step in (0, 10, 20):
+        logger._maybe_log(SimpleNamespace(global_step=step, is_global_zero=True, loggers=[]), module, None)
+    state = logger.state_dict()
+    assert state["snapshot_steps"] == [0, 10, 20] and state["snapshot_points"].shape == (3, 20, 2)
+    restored = GeneratedSamplesLogger()
+    restored.load_state_dict(state)
+    fig = snapshot_strip_figure(restored.snapshots, RING)
+    assert [ax.get_title() for ax in fig.axes] == ["step 0", "step 10", "step 20"]
+    many = [(step, torch.randn(5, 2)) for step in range(20)]
+    titles = [ax.get_title() for ax in snapshot_strip_figure(many, max_panels=8).axes]
+    assert len(titles) == 8 and titles[0] == "step 0" and titles[-1] == "step 19"
     plt.close("all")

@@ -20,8 +20,10 @@ from ganlab.config_checks import check_values
 from ganlab.errors import GanlabError, first_line
 from ganlab.files import removed_on_failure, torch_save_atomic
 from ganlab.metrics.modes import mode_coverage
-from ganlab.plots import density_figure, interpolation_figure, save_figure, save_grid_png, scatter_figure
-from ganlab.runs import RunRef, load_model, new_output_dir, resolve_device, resolve_run, write_yaml_atomic
+from ganlab.plots import (density_figure, interpolation_figure, save_figure, save_grid_png, scatter_figure,
+                          snapshot_strip_figure)
+from ganlab.runs import (RunRef, load_checkpoint, load_model, new_output_dir, resolve_device, resolve_run,
+                         write_yaml_atomic)
 from ganlab.tasks.sample_truncation import check_thresholds, latents, write_strip
 
 
@@ -61,6 +63,14 @@ def _scatter_title(x: Tensor, data: Any | None) -> str:
     coverage = mode_coverage(x, centers, std)
     return (f"{len(x)} samples: {coverage.modes_captured}/{len(centers)} modes, "
             f"{100 * coverage.high_quality:.1f}% high quality")
+
+
+def _training_snapshots(checkpoint: Path) -> list[tuple[int, Tensor]]:
+    """G's 2-D points over training, as GeneratedSamplesLogger kept them in the checkpoint ([] if none)."""
+    for state in load_checkpoint(checkpoint).get("callbacks", {}).values():
+        if isinstance(state, dict) and "snapshot_steps" in state:
+            return [(int(step), state["snapshot_points"][i]) for i, step in enumerate(state["snapshot_steps"])]
+    return []
 
 
 def _labels(cfg: DictConfig, model: Any) -> Tensor | None:
@@ -113,6 +123,7 @@ def _write_samples(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig
     each file goes through a temp name, sample.yaml last."""
     rng = torch.Generator(device=device).manual_seed(int(cfg.seed))
     shape = tuple(model.sample_shape)
+    collapse_strip = None
     truncation = cfg.get("truncation")  # the truncation trick (sample_truncation.py); None: plain z
 
     if cfg.interpolate:
@@ -152,6 +163,10 @@ def _write_samples(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig
             data = _run_data(run_cfg, ref.run_dir)
             figure = scatter_figure(x, getattr(data, "centers", None), title=_scatter_title(x, data))
             save_figure(figure, out_dir / picture)
+            snapshots = _training_snapshots(ref.checkpoint)
+            if snapshots:  # G's points over training, as TensorBoard's samples/collapse_strip shows them
+                collapse_strip = "collapse_strip.png"
+                save_figure(snapshot_strip_figure(snapshots, getattr(data, "centers", None)), out_dir / collapse_strip)
         else:
             picture = None
     strip = None
@@ -164,7 +179,8 @@ def _write_samples(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig
         "interpolate": cfg.interpolate, "picture": picture,
         "labels": None if labels is None else labels.tolist(),
         "truncation": truncation, **({"truncation_strip": strip} if strip else {}),
+        **({"collapse_strip": collapse_strip} if collapse_strip else {}),
     }))
-    shown = ", ".join(p for p in (picture, strip) if p)
+    shown = ", ".join(p for p in (picture, strip, collapse_strip) if p)
     print(f"ganlab sample: wrote {out_dir}" + (f" ({shown})" if shown else ""))
     return out_dir
