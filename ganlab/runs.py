@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,8 @@ def resolve_run(spec: str | os.PathLike, log_dir: str | os.PathLike) -> RunRef:
                       "(give a run dir, a .ckpt, latest or latest:<name>)")
 
 
-def load_run_config(run_dir: Path) -> DictConfig:
+def load_run_config(run_dir: Path, vouched: Mapping[str, str] | None = None) -> DictConfig:
+    """The run's config.yaml, checked whole before anything in it is built (see `check_run_config`)."""
     path = run_dir / CONFIG_FILE
     try:
         cfg = OmegaConf.load(path)
@@ -225,7 +227,7 @@ def load_run_config(run_dir: Path) -> DictConfig:
         raise GanlabError(f"{path}: not a valid config ({err})") from None
     if not isinstance(cfg, DictConfig) or "model" not in cfg:
         raise GanlabError(f"{path}: expected a ganlab run config with a `model` section")
-    check_run_config(cfg, str(path))
+    check_run_config(cfg, str(path), vouched=vouched)
     return cfg
 
 

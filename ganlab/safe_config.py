@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 from functools import lru_cache
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
@@ -132,9 +133,31 @@ def check_plain_value(node: ValueNode, source: str, key: str) -> None:
                           "strings, numbers, booleans and null")
 
 
-def check_run_config(node: Any, source: str, key: str = "") -> None:
+def targets_of(node: Any, key: str = "") -> dict[str, str]:
+    """Every `_target_` string of a config by its dotted key, read without resolving anything."""
+    found: dict[str, str] = {}
+    if isinstance(node, DictConfig) and not (node._is_missing() or node._is_none() or node._is_interpolation()):
+        for k in node.keys():
+            child_key = f"{key}.{k}" if key else str(k)
+            child = node._get_node(k)
+            if k == "_target_" and isinstance(child, ValueNode) and isinstance(child._value(), str):
+                found[child_key] = child._value()
+            else:
+                found.update(targets_of(child, child_key))
+    elif isinstance(node, ListConfig) and not (node._is_missing() or node._is_none() or node._is_interpolation()):
+        for i in range(len(node)):
+            found.update(targets_of(node._get_node(i), f"{key}[{i}]"))
+    return found
+
+
+def check_run_config(node: Any, source: str, key: str = "", vouched: Mapping[str, str] | None = None) -> None:
     """Walk the whole tree (data, model, callbacks, logger, hydra, `_args_`, kwargs) without resolving any
-    value, refusing interpolations, odd value types and every target that is not allowed."""
+    value, refusing interpolations, odd value types and every target that is not allowed.
+
+    `vouched` maps keys to the targets the current command composes itself (train resuming a run that used
+    the user's own callback): the same target at the same key runs in this command anyway, so it is let
+    through; any other key or spelling is checked as usual."""
+    vouched = vouched or {}
     if isinstance(node, DictConfig):
         if node._is_missing() or node._is_none():
             return
@@ -148,15 +171,16 @@ def check_run_config(node: Any, source: str, key: str = "") -> None:
             child = node._get_node(k)
             if k == "_target_":
                 check_plain_value(child, source, child_key)
-                check_target(child._value(), source, child_key)
+                if vouched.get(child_key) != child._value():
+                    check_target(child._value(), source, child_key)
             else:
-                check_run_config(child, source, child_key)
+                check_run_config(child, source, child_key, vouched)
     elif isinstance(node, ListConfig):
         if node._is_missing() or node._is_none():
             return
         if node._is_interpolation():
             raise GanlabError(f"{source}: {key} is an interpolation; a run's config.yaml is written resolved")
         for i in range(len(node)):
-            check_run_config(node._get_node(i), source, f"{key}[{i}]")
+            check_run_config(node._get_node(i), source, f"{key}[{i}]", vouched)
     elif isinstance(node, ValueNode):
         check_plain_value(node, source, key)

@@ -198,11 +198,15 @@ def test_sigterm_and_kill9_mid_run_then_resume_auto(tmp_path):
     kill_step = torch.load(by_job["kill"] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert kill_step % 4 == 0 and killed_at - 4 <= kill_step <= killed_at
 
-    # resume=auto continues the newest run of the same name (the SIGTERMed one: its run.yaml is newest).
+    # resume=auto continues the newest run of the same name (the SIGTERMed one: its run.yaml is newest). The
+    # run's own test callback is typed again (the same command plus resume=auto), which is what lets the
+    # config.yaml check pass it: a target outside ganlab is trusted only when this command names it too.
     probe = tmp_path / "start.pt"
     run_ganlab("train", "+experiment=gan_gaussian", *TINY, "logger=none", f"trainer.max_steps={term_step + 4}",
-               "resume=auto", "+callbacks.probe._target_=probes.StartStateProbe", cwd=tmp_path,
-               env={"GANLAB_PROBE": str(probe)})
+               "resume=auto", "+callbacks.step_probe._target_=robustness_probes.StepProbe",
+               "+callbacks.probe._target_=probes.StartStateProbe", cwd=tmp_path,
+               env={"GANLAB_PROBE": str(probe), "GANLAB_STEP_FILE": str(tmp_path / "resume.step"),
+                    "GANLAB_STEP_SLEEP": "0"})
     start = torch.load(probe, weights_only=True)
     saved = torch.load(term_ckpt, weights_only=True)
     assert start["global_step"] == term_step

@@ -216,3 +216,23 @@ def test_a_manifest_cannot_point_the_checkpoint_outside_the_run(trained_run, tmp
     manifest["last_checkpoint"] = recorded
     (run / "run.yaml").write_text(yaml.dump(manifest))
     assert resolve_run(run, tmp_path).checkpoint == run / "checkpoints" / "last.ckpt"
+
+
+def test_only_a_target_the_current_command_names_at_the_same_key_is_vouched_for():
+    """train resume: the user's own callback, typed again, passes; the same target elsewhere, or another
+    target at that key, is still checked."""
+    from ganlab.safe_config import targets_of
+
+    saved = OmegaConf.create({"callbacks": {"mine": {"_target_": "my_lab.MyCallback"}}})
+    command = OmegaConf.create({"callbacks": {"mine": {"_target_": "my_lab.MyCallback"}},
+                                "model": {"_target_": "torch.nn.Identity"}})
+    assert targets_of(command) == {"callbacks.mine._target_": "my_lab.MyCallback", "model._target_": "torch.nn.Identity"}
+    check_run_config(saved, "config.yaml", vouched=targets_of(command))  # no error
+    with pytest.raises(GanlabError, match="callbacks.mine._target_='my_lab.MyCallback' is not allowed"):
+        check_run_config(saved, "config.yaml")
+    moved = OmegaConf.create({"data": {"_target_": "my_lab.MyCallback"}})
+    with pytest.raises(GanlabError, match="data._target_"):
+        check_run_config(moved, "config.yaml", vouched=targets_of(command))
+    swapped = OmegaConf.create({"callbacks": {"mine": {"_target_": "ganlab.runs.os.system"}}})
+    with pytest.raises(GanlabError, match="resolves to"):
+        check_run_config(swapped, "config.yaml", vouched=targets_of(command))

@@ -32,6 +32,7 @@ from ganlab.callbacks.signals import SignalCheckpoint
 from ganlab.config_checks import check_values
 from ganlab.runs import (CHECKPOINT_DIR, CONFIG_FILE, check_run_name, load_checkpoint, load_run_config, resolve_run,
                          resumable_checkpoint, update_manifest, write_yaml_atomic)
+from ganlab.safe_config import targets_of
 
 
 # Lightning warns that periodic checkpoints under manual optimization hold the state after the step. For
@@ -104,8 +105,9 @@ def _resume_checkpoint(cfg: DictConfig) -> Path | None:
         return None
     if checkpoint is not None:
         # The run being continued must pass the same checks as one being sampled: a planted config.yaml
-        # next to the checkpoint is refused, never trusted.
-        load_run_config(resolve_run(checkpoint, cfg.paths.log_dir).run_dir)
+        # next to the checkpoint is refused, never trusted. Targets this command composes itself at the same
+        # keys (a callback of the user's own, typed again with resume=auto) are the user's, not the file's.
+        load_run_config(resolve_run(checkpoint, cfg.paths.log_dir).run_dir, vouched=targets_of(cfg))
     return checkpoint
 
 
