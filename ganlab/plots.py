@@ -85,16 +85,16 @@ def snapshot_strip_figure(snapshots: list[tuple[int, Tensor]], centers: Tensor |
         keep = np.unique(np.linspace(0, len(snapshots) - 1, max_panels).round().astype(int))
         snapshots = [snapshots[i] for i in keep]
     points = [p.detach().float().cpu().reshape(-1, 2).numpy() for _, p in snapshots]
-    reference = np.concatenate(points + ([centers.detach().float().cpu().numpy()] if centers is not None else []))
+    c = None if centers is None else centers.detach().float().cpu().numpy()
+    reference = np.concatenate(points + ([] if c is None else [c]))
     lo, hi = np.percentile(reference, 0.5, axis=0), np.percentile(reference, 99.5, axis=0)
-    if centers is not None:  # the target's extent always fits, whatever G does
-        c = centers.detach().float().cpu().numpy()
+    if c is not None:  # the target's extent always fits, whatever G does
         lo, hi = np.minimum(lo, c.min(axis=0)), np.maximum(hi, c.max(axis=0))
     pad = 0.1 * (hi - lo).max() + 1e-3
     fig, axes = plt.subplots(1, len(snapshots), figsize=(2.2 * len(snapshots), 2.5), dpi=100, squeeze=False)
     for ax, (step, _), g in zip(axes[0], snapshots, points):
         ax.scatter(g[:, 0], g[:, 1], s=2, alpha=0.4, color="tab:orange", linewidths=0)
-        if centers is not None:
+        if c is not None:
             ax.scatter(c[:, 0], c[:, 1], s=12, marker="x", color="tab:blue", linewidths=0.8)
         ax.set_xlim(lo[0] - pad, hi[0] + pad)
         ax.set_ylim(lo[1] - pad, hi[1] + pad)

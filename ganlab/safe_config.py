@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from functools import lru_cache
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig

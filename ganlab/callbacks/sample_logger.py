@@ -33,6 +33,12 @@ def _add_figure(boards: list[Any], tag: str, fig: plt.Figure, step: int) -> None
     plt.close(fig)
 
 
+def snapshots_of_state(state: dict[str, Any]) -> list[tuple[int, torch.Tensor]]:
+    """The (step, points) snapshots from GeneratedSamplesLogger's checkpoint state ([] if it kept none)."""
+    steps, points = state.get("snapshot_steps", []), state.get("snapshot_points")
+    return [(int(step), points[i]) for i, step in enumerate(steps)]
+
+
 class GeneratedSamplesLogger(pl.Callback):
     """Every `every_n_steps` optimizer steps (and at the start), log what G makes of `pl_module.fixed_z`."""
 
@@ -54,8 +60,7 @@ class GeneratedSamplesLogger(pl.Callback):
                 "snapshot_points": torch.stack([points for _, points in self.snapshots])}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        steps, points = state_dict.get("snapshot_steps", []), state_dict.get("snapshot_points")
-        self.snapshots = [(int(step), points[i]) for i, step in enumerate(steps)]
+        self.snapshots = snapshots_of_state(state_dict)
 
     def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
         """Record the first n of G's fixed-seed points at this step; returns the whole draw for the scatter."""

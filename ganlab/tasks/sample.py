@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from ganlab.callbacks.sample_logger import snapshots_of_state
 from ganlab.config_checks import check_values
 from ganlab.errors import GanlabError, first_line
 from ganlab.files import removed_on_failure, torch_save_atomic
@@ -69,7 +70,7 @@ def _training_snapshots(checkpoint: Path) -> list[tuple[int, Tensor]]:
     """G's 2-D points over training, as GeneratedSamplesLogger kept them in the checkpoint ([] if none)."""
     for state in load_checkpoint(checkpoint).get("callbacks", {}).values():
         if isinstance(state, dict) and "snapshot_steps" in state:
-            return [(int(step), state["snapshot_points"][i]) for i, step in enumerate(state["snapshot_steps"])]
+            return snapshots_of_state(state)
     return []
 
 
