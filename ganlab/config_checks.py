@@ -67,7 +67,13 @@ CHECKS: dict[str, dict[str, Check]] = {
         "device": DEVICE,
         "truncation": (_positive_number, "a positive number (latent entries beyond it are redrawn) or null", True),
     },
-    "explain": {"seed": SEED, "n": COUNT, "device": DEVICE},
+    "explain": {
+        "seed": SEED,
+        "n": COUNT,
+        "device": DEVICE,
+        "smooth": (_integer(0), "an integer >= 0 (noisy copies per map; 0: off)", False),
+        "smooth_sigma": (_positive_number, "a positive number (noise std / each image's value range)", False),
+    },
     "runs": {},
 }
 

@@ -18,11 +18,12 @@ from torchvision.io import decode_png, read_file, write_png
 from conftest import run_dirs, run_ganlab, tiny_overrides
 from ganlab.data.mnist import MNISTDataModule
 from ganlab.errors import GanlabError
+from ganlab.explain import IntegratedGradients, SmoothGrad
 from ganlab.explain.cam import GradCAM
 from ganlab.runs import load_model, resolve_run
 from ganlab.tasks.explain import explain
 
-PANEL_ORDER = ["guided_backprop", "gradcam", "guided_gradcam", "occlusion", "cam", "deconvnet"]
+PANEL_ORDER = ["guided_backprop", "gradcam", "guided_gradcam", "occlusion", "cam", "deconvnet", "integrated_gradients"]
 
 
 def _train(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, experiment: str) -> tuple[Path, Path]:
@@ -77,7 +78,7 @@ def test_all_methods_two_targets_evaluated(classifier_run, val_images):
                       cwd=cwd)
     (out,) = _outputs(run_dir)
     assert str(out) in proc.stdout and "deletion_auc" in proc.stdout
-    assert _png_hw(out / "panel.png") == _panel_hw(rows=4, cols=7)  # 2 images x 2 targets; original + 6
+    assert _png_hw(out / "panel.png") == _panel_hw(rows=4, cols=8)  # 2 images x 2 targets; original + 7
     assert sorted(p.name for p in out.glob("*.png")) == ["panel.png"]  # per-method PNGs: one method only
 
     saved = torch.load(out / "maps.pt", weights_only=True)
@@ -137,6 +138,33 @@ def test_image_file_predicted_class(classifier_run, val_images, tmp_path):
     assert _png_hw(out / "panel.png") == _panel_hw(rows=1, cols=2) and (out / "gradcam.png").is_file()
 
 
+def test_smoothed_integrated_gradients(classifier_run, tmp_path):
+    cwd, run_dir = classifier_run  # in-process: the maps are compared with the methods called directly
+    out = _explain_in_process(run_dir, "method=integrated_gradients", "smooth=2", "smooth_sigma=0.1",
+                              "indices=[0,1]", "explainers.integrated_gradients.baseline=-1")
+    saved = torch.load(out / "maps.pt", weights_only=True)
+    m = saved["maps"]["integrated_gradients"]
+    assert m.shape == (2, 1, 28, 28) and torch.isfinite(m).all() and (out / "integrated_gradients.png").is_file()
+    model, _ = load_model(resolve_run(str(run_dir), cwd), "cpu")
+    ig = IntegratedGradients(model.net, steps=32, baseline=-1)
+    expected = SmoothGrad(ig, samples=2, sigma=0.1, seed=0).attribute(saved["inputs"], saved["targets"])
+    assert torch.allclose(m, expected, atol=1e-5) and not torch.allclose(m, ig.attribute(saved["inputs"],
+                                                                                         saved["targets"]))
+    manifest = yaml.safe_load((out / "explain.yaml").read_text())
+    assert manifest["methods"] == ["integrated_gradients"] and manifest["smooth"] == 2
+    assert manifest["smooth_sigma"] == 0.1 and manifest["options"]["integrated_gradients"]["baseline"] == -1
+
+    proc = run_ganlab("explain", f"run={run_dir}", "method=integrated_gradients", "smooth=-1", cwd=tmp_path,
+                      check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
+    assert "ganlab explain: error: smooth=-1: expected an integer >= 0" in proc.stderr, proc.stderr
+    for args, message in ((["smooth=1.5"], "smooth=1.5: expected an integer >= 0"),
+                          (["smooth=2", "smooth_sigma=0"], "smooth_sigma=0: expected a positive number"),
+                          (["explainers.integrated_gradients.steps=0"], "steps must be an integer >= 1")):
+        with pytest.raises(GanlabError, match=message):
+            _explain_in_process(run_dir, "method=integrated_gradients", *args)
+
+
 def test_discriminator(gan_run, val_images):
     cwd, run_dir = gan_run  # in-process (the console script's path is covered above): saves a start-up
     out = _explain_in_process(run_dir, "target=discriminator", "indices=[0,1,2]")
@@ -150,7 +178,7 @@ def test_discriminator(gan_run, val_images):
     with torch.no_grad():
         assert torch.allclose(saved["scores"], model.discriminator(saved["inputs"]), atol=1e-5)
     assert torch.equal(saved["inputs"][2], val_images[2]["image"])
-    assert _png_hw(out / "panel.png") == _panel_hw(rows=3, cols=6)
+    assert _png_hw(out / "panel.png") == _panel_hw(rows=3, cols=7)
 
     # Generated samples: the run's generator output for the seeded z, explained under D.
     out = _explain_in_process(run_dir, "target=discriminator", "source=generated", "n=2", "method=occlusion")
@@ -170,7 +198,7 @@ def test_bad_inputs_one_line_and_nothing_overwritten(classifier_run, gan_run, tm
     proc = run_ganlab("explain", "run=latest", "method=saliency", cwd=cwd, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
     assert ("ganlab explain: error: method=saliency: unknown method; expected all or one of guided_backprop, "
-            "gradcam, guided_gradcam, occlusion, cam, deconvnet") in proc.stderr, proc.stderr
+            "gradcam, guided_gradcam, occlusion, cam, deconvnet, integrated_gradients") in proc.stderr, proc.stderr
 
     (tmp_path / "broken.png").write_bytes(b"not a png")
     for run, args, message in (

@@ -20,7 +20,8 @@ from ganlab.nets.mlp import MLPDiscriminator
 
 
 def test_methods_in_the_lecture_panel_order() -> None:
-    assert list(METHODS) == ["guided_backprop", "gradcam", "guided_gradcam", "occlusion", "cam", "deconvnet"]
+    assert list(METHODS) == ["guided_backprop", "gradcam", "guided_gradcam", "occlusion", "cam", "deconvnet",
+                             "integrated_gradients"]
 
 
 class LinearModel(nn.Module):

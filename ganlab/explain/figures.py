@@ -1,10 +1,11 @@
 """Pictures of attribution maps: the lecture's comparison panel and one figure per method (headless).
 
 The panel has one row per (image, target class) and the columns original | guided backprop | Grad-CAM |
-guided Grad-CAM | occlusion | CAM | deconvnet (Selvaraju et al. 2017, fig. 1). Coarse class maps (CAM,
-Grad-CAM, occlusion) are drawn over the image with a colour map and some transparency; a grey image stays
-grey underneath, so the heat map is the only colour. Gradient maps (guided backprop, deconvnet, guided
-Grad-CAM) are images in their own right: signed values around mid-grey (or per-channel colour for RGB).
+guided Grad-CAM | occlusion | CAM | deconvnet (Selvaraju et al. 2017, fig. 1), then integrated gradients.
+Coarse class maps (CAM, Grad-CAM, occlusion) are drawn over the image with a colour map and some
+transparency; a grey image stays grey underneath, so the heat map is the only colour. Gradient maps (guided
+backprop, deconvnet, guided Grad-CAM, integrated gradients) are images in their own right: signed values
+around mid-grey (or per-channel colour for RGB).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 TITLES = {"guided_backprop": "Guided Backprop", "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM",
-          "occlusion": "Occlusion", "cam": "CAM", "deconvnet": "Deconvnet"}
+          "occlusion": "Occlusion", "cam": "CAM", "deconvnet": "Deconvnet",
+          "integrated_gradients": "Integrated Gradients"}
 # Methods whose maps say *where* (one coarse value per location) are drawn over the image; the others are
 # input-space gradients, shown as images. Value: whether the map is signed.
 OVERLAID = {"gradcam": False, "cam": True, "occlusion": True}

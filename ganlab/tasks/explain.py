@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ganlab.config_checks import check_values
 from ganlab.errors import GanlabError
+from ganlab.explain.smooth import SmoothGrad
 from ganlab.nets.layers import MinibatchStdDev
 from ganlab.runs import load_model, new_output_dir, resolve_device, resolve_run, write_yaml_atomic
 from ganlab.tasks.explain_inputs import Inputs, dataset_inputs, file_inputs, generated_inputs
@@ -104,7 +105,8 @@ def _applicable(cfg: DictConfig, methods: list[str], net: nn.Module) -> tuple[li
 
 
 def _build(cfg: DictConfig, methods: list[str], net: nn.Module) -> dict[str, Any]:
-    """Explainer factories (`_partial_` configs) -> explainers of `net`; bad options get one message."""
+    """Explainer factories (`_partial_` configs) -> explainers of `net`; bad options get one message.
+    With `smooth=N` each one is wrapped in SmoothGrad (N noisy copies, seeded by `seed`)."""
     built = {}
     for name in methods:
         try:
@@ -114,6 +116,8 @@ def _build(cfg: DictConfig, methods: list[str], net: nn.Module) -> dict[str, Any
         except Exception as err:
             raise GanlabError(f"explainers.{name}: cannot build {cfg.explainers[name].get('_target_')} "
                               f"for this network ({err})") from None
+        if cfg.smooth > 0:
+            built[name] = SmoothGrad(built[name], int(cfg.smooth), float(cfg.smooth_sigma), seed=int(cfg.seed))
     return built
 
 
@@ -244,6 +248,7 @@ def explain(cfg: DictConfig) -> Path:
         "labels": None if rows.labels is None else rows.labels.tolist(),
         "score": "D logit" if targets is None else "p(target)", "scores": [round(float(s), 6) for s in scores],
         "options": {m: OmegaConf.to_container(cfg.explainers[m], resolve=True) for m in methods},
+        "smooth": int(cfg.smooth), "smooth_sigma": float(cfg.smooth_sigma),
         "evaluation": evaluation,
     }))
     if evaluation:
