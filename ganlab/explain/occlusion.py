@@ -3,7 +3,9 @@ target score drops; (N, 1, H, W).
 
 Windows start at 0, stride, 2 stride, ... up to the last one that reaches the border (clipped there), as in
 Captum; a pixel's attribution is score(image) - score(occluded image) averaged over the windows that cover
-it. The window covers *all channels at once* (occluding one colour channel of a pathology patch is not a
+it. ``baseline="mean"`` fills the window with each image's own mean colour: a fill that looks like the
+image (MNIST's near-black background, PCam's pink tissue) rather than mid-grey, which on a pathology patch
+reads as a dark nucleus and on a digit as a stroke. The window covers *all channels at once* (occluding one colour channel of a pathology patch is not a
 meaningful perturbation), so the map has one channel: Captum's ``Occlusion`` with a (C, h, w) window and a
 (C, sh, sw) stride gives the same numbers repeated over its C channels.
 
@@ -40,10 +42,12 @@ def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
 
 class Occlusion:
     def __init__(self, model: nn.Module, window: int | tuple[int, int] = 8, stride: int | tuple[int, int] = 4,
-                 baseline: float | Tensor = 0.0, max_batch_bytes: int | None = None,
+                 baseline: float | Tensor | str = 0.0, max_batch_bytes: int | None = None,
                  max_batch: int | None = None) -> None:
         self.model = check_model("Occlusion", model)
         self.window, self.stride = _pair("window", window), _pair("stride", stride)
+        if isinstance(baseline, str) and baseline != "mean":
+            raise GanlabError(f"Occlusion: baseline must be a number, a tensor or 'mean', got {baseline!r}")
         if (max_batch_bytes is not None and max_batch_bytes < 1) or (max_batch is not None and max_batch < 1):
             raise GanlabError(f"Occlusion: max_batch_bytes and max_batch must be >= 1, got {max_batch_bytes}, "
                               f"{max_batch}")
@@ -83,7 +87,8 @@ class Occlusion:
         n, c, h, w = x.shape
         rows, cols = self.positions((h, w))
         per_image = len(rows) * len(cols)
-        baseline = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
+        baseline = (x.mean(dim=(2, 3), keepdim=True) if isinstance(self.baseline, str)
+                    else torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device))
         try:
             baseline = baseline.expand_as(x)
         except RuntimeError:
