@@ -71,8 +71,9 @@ def _outside_centre(rng: np.random.Generator, radius: float) -> tuple[float, flo
             return float(cy), float(cx)
 
 
-def _patch(rng: np.random.Generator, positive: bool) -> np.ndarray:
-    """One (96, 96, 3) stain-concentration patch, before rendering to RGB."""
+def _patch(rng: np.random.Generator, positive: bool, decoys: float = OUTSIDE_PROBABILITY) -> np.ndarray:
+    """One (96, 96, 3) stain-concentration patch, before rendering to RGB; tumour-like nuclei outside the
+    centre with probability `decoys`."""
     tissue = _tissue_stains()
     top, left = rng.integers(0, tissue.shape[0] - SIZE + 1, size=2)
     crop = np.rot90(tissue[top:top + SIZE, left:left + SIZE], k=int(rng.integers(4)))
@@ -84,7 +85,7 @@ def _patch(rng: np.random.Generator, positive: bool) -> np.ndarray:
         for _ in range(int(rng.integers(6, 11))):
             radius = rng.uniform(3.5, 6.0)
             _stamp_nucleus(h, rng, *rng.uniform(CENTRE[0] + 2, CENTRE[1] - 2, size=2), radius)
-    if rng.random() < OUTSIDE_PROBABILITY:  # tumour-like nuclei that do not touch the centre region
+    if rng.random() < decoys:  # tumour-like nuclei that do not touch the centre region
         for _ in range(int(rng.integers(3, 9))):
             radius = rng.uniform(3.5, 6.0)
             _stamp_nucleus(h, rng, *_outside_centre(rng, radius), radius)
@@ -94,18 +95,37 @@ def _patch(rng: np.random.Generator, positive: bool) -> np.ndarray:
 
 def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(images (n, 96, 96, 3) uint8, labels (n,) uint8), exactly half positive (n even), shuffled."""
-    from skimage.color import rgb_from_hed
-
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % 2).astype(np.uint8)
-    # Beer-Lambert rendering as skimage.color.hed2rgb, per image in float32 to keep memory small; the
-    # optical-density scale gives lighter or darker slides.
-    absorb = (-np.log(1e-6) * rgb_from_hed).astype(np.float32)
     images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
     for i, label in enumerate(labels):
-        density = _patch(rng, bool(label)) @ absorb * np.float32(rng.uniform(0.9, 1.1))
-        images[i] = np.clip(np.exp(-density) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        images[i] = render(_patch(rng, bool(label)), rng)
     return images, labels
+
+
+def render(stains: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stain concentrations -> (96, 96, 3) uint8 RGB, by Beer-Lambert as skimage.color.hed2rgb (float32 to
+    keep memory small); a random optical-density scale gives lighter or darker slides."""
+    from skimage.color import rgb_from_hed
+
+    absorb = (-np.log(1e-6) * rgb_from_hed).astype(np.float32)
+    density = stains @ absorb * np.float32(rng.uniform(0.9, 1.1))
+    return np.clip(np.exp(-density) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def decoy_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(without decoys, with decoys) image sets (n, 96, 96, 3) uint8 and labels (n,), alternating 0/1: the
+    same tissue and centre per index, differing only by tumour-like nuclei outside the centre. For
+    measuring whether a classifier looks where PCam's label is."""
+    labels = (np.arange(n) % 2).astype(np.uint8)
+    sets = []
+    for decoys in (0.0, 1.0):
+        images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
+        for i, label in enumerate(labels):
+            rng = np.random.default_rng((seed, i))  # per index, so both sets share everything but the decoys
+            images[i] = render(_patch(rng, bool(label), decoys), rng)
+        sets.append(images)
+    return sets[0], sets[1], labels
 
 
 def write_split(directory: Path, split: str, images: np.ndarray, labels: np.ndarray,
