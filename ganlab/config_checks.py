@@ -73,6 +73,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "device": DEVICE,
         "smooth": (_integer(0), "an integer >= 0 (noisy copies per map; 0: off)", False),
         "smooth_sigma": (_positive_number, "a positive number (noise std / each image's value range)", False),
+        "sanity": (lambda v: v in ("single", "cascade"), "single (one score per method) or cascade (layer by layer)",
+                   False),
     },
     "runs": {},
 }

@@ -108,6 +108,7 @@ def test_all_methods_two_targets_evaluated(classifier_run, val_images):
     assert set(manifest["evaluation"]) == set(PANEL_ORDER)
     for name, scores in manifest["evaluation"].items():
         assert 0 <= scores["deletion_auc"] <= 1 and 0 <= scores["insertion_auc"] <= 1, name
+        assert 0 <= scores["road_morf"] <= 1 and 0 <= scores["road_lerf"] <= 1, name
         similarity = scores["randomisation_similarity"]
         assert similarity is None or -1 <= similarity <= 1, name
         assert "centre_mass" not in scores  # PCam only
@@ -163,6 +164,33 @@ def test_smoothed_integrated_gradients(classifier_run, tmp_path):
                           (["explainers.integrated_gradients.steps=0"], "steps must be an integer >= 1")):
         with pytest.raises(GanlabError, match=message):
             _explain_in_process(run_dir, "method=integrated_gradients", *args)
+
+
+def test_cascading_randomisation(classifier_run, tmp_path):
+    cwd, run_dir = classifier_run  # in-process for the outputs; the console script for the one-line error
+    out = _explain_in_process(run_dir, "sanity=cascade", "indices=[0,1]", "method=all", f"output={tmp_path / 'ok'}")
+    assert {p.name for p in out.glob("*.png")} == {"panel.png", "cascade.png", "cascade_curves.png"}
+    model, _ = load_model(resolve_run(str(run_dir), cwd), "cpu")
+    # By hand: one step per conv / linear layer of the run's classifier, top first, after the trained model.
+    weighted = [name for name, m in model.net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    manifest = yaml.safe_load((out / "explain.yaml").read_text())
+    cascade = manifest["cascade"]
+    assert cascade["layers"] == ["trained", *reversed(weighted)] and manifest["evaluation"] is None
+    assert set(cascade) == {"layers", *PANEL_ORDER} and cascade["guided_backprop"]["hog"][0] == pytest.approx(1)
+    for name in PANEL_ORDER:
+        assert set(cascade[name]) == {"spearman", "ssim", "hog"}, name
+        for measure, means in cascade[name].items():
+            assert len(means) == len(cascade["layers"]), (name, measure)
+            assert means[0] is None or means[0] == pytest.approx(1, abs=1e-4), (name, measure)  # None: constant maps
+            assert all(m is None or -1 <= m <= 1 + 1e-6 for m in means), (name, measure)
+    # One row per method, the original and the trained map before the randomised layers.
+    assert _png_hw(out / "cascade.png") == _panel_hw(rows=len(PANEL_ORDER), cols=2 + len(weighted))
+
+    proc = run_ganlab("explain", f"run={run_dir}", "sanity=bogus", f"output={tmp_path / 'bogus'}", cwd=tmp_path,
+                      check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
+    assert "ganlab explain: error: sanity=bogus: expected single" in proc.stderr and "cascade" in proc.stderr
+    assert not (tmp_path / "bogus").exists()
 
 
 def test_discriminator(gan_run, val_images):

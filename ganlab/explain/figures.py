@@ -1,4 +1,5 @@
-"""Pictures of attribution maps: the lecture's comparison panel and one figure per method (headless).
+"""Pictures of attribution maps: the lecture's comparison panel, one figure per method, and the cascading
+randomisation's maps and similarity curves (Adebayo et al. 2018); headless.
 
 The panel has one row per (image, target class) and the columns original | guided backprop | Grad-CAM |
 guided Grad-CAM | occlusion | CAM | deconvnet (Selvaraju et al. 2017, fig. 1), then integrated gradients.
@@ -11,6 +12,7 @@ around mid-grey (or per-channel colour for RGB).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -20,6 +22,11 @@ import numpy as np  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from matplotlib.colors import Normalize, TwoSlopeNorm  # noqa: E402
 from torch import Tensor  # noqa: E402
+
+from ganlab.explain.evaluation import normalize_map  # noqa: E402
+
+if TYPE_CHECKING:
+    from ganlab.explain.cascade import CascadeResult
 
 TITLES = {"guided_backprop": "Guided Backprop", "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM",
           "occlusion": "Occlusion", "cam": "CAM", "deconvnet": "Deconvnet",
@@ -137,6 +144,50 @@ def method_figure(method: str, images: Tensor, m: Tensor, row_labels: Sequence[s
         fig.colorbar(shown, ax=axes[r, 2], fraction=0.046, pad=0.04)
     for c, title in enumerate(["Original", title_of(method), "raw (sum over channels)"]):
         axes[0, c].set_title(title, fontsize="small")
+    return fig
+
+
+def cascade_figure(images: Tensor, cascades: Mapping[str, CascadeResult], index: int = 0) -> plt.Figure:
+    """Adebayo et al. (2018) fig. 2: one row per method, the image, then |map| of image ``index`` (scaled by
+    ``normalize_map``, as the SSIM and HOG similarities see it) for the trained model and after each
+    cumulative randomisation step, top layer first."""
+    methods = list(cascades)
+    layers = cascades[methods[0]].layers
+    fig, axes = _grid(len(methods), 1 + len(layers), margin=0.0)
+    for r, method in enumerate(methods):
+        draw_original(axes[r, 0], images[index])
+        axes[r, 0].set_ylabel(title_of(method), fontsize="small", rotation=0, ha="right", va="center")
+        for c, step in enumerate(cascades[method].maps, start=1):
+            shown = normalize_map(step[index:index + 1])[0, 0].numpy()
+            axes[r, c].imshow(shown, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    for c, title in enumerate(["Original", *layers]):
+        axes[0, c].set_title(title, fontsize="x-small" if c > 1 else "small")
+    return fig
+
+
+def cascade_curves_figure(cascades: Mapping[str, CascadeResult]) -> plt.Figure:
+    """Adebayo et al. (2018) fig. 4: each similarity to the trained model's maps against the randomised
+    layers (cumulative, top first), mean over images +- standard error, one line per method."""
+    methods = list(cascades)
+    layers = cascades[methods[0]].layers
+    titles = {"spearman": "Spearman rank correlation (|map|)", "ssim": "SSIM", "hog": "HOG correlation"}
+    fig, axes = plt.subplots(1, len(titles), figsize=(len(titles) * (1.5 + 0.4 * len(layers)), 4.2), dpi=DPI,
+                             sharey=True, squeeze=False)
+    x = np.arange(len(layers))
+    for ax, (measure, title) in zip(axes[0], titles.items()):
+        for method in methods:
+            mean = np.array(cascades[method].mean(measure))
+            error = np.array(cascades[method].standard_error(measure))
+            line, = ax.plot(x, mean, marker="o", markersize=3, label=title_of(method))
+            ax.fill_between(x, mean - error, mean + error, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.axhline(0.0, color="grey", linewidth=0.5)
+        ax.set_title(title, fontsize="medium")
+        ax.set_xticks(x, layers, rotation=90, fontsize="x-small")
+        ax.set_xlabel("randomised down to (cumulative)", fontsize="small")
+    axes[0, 0].set_ylabel("similarity to the trained model's maps")
+    axes[0, 0].set_ylim(top=1.05)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), fontsize="small", loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
     return fig
 
 

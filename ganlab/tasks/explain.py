@@ -6,7 +6,8 @@ What is explained is a score: a classifier's logit of a target class (the predic
 realness logit. Images come from the run's own datamodule (`split=`, `indices=`), from PNG/JPEG files
 (`images=`), or from the run's generator (`source=generated`). Methods are the `explainers` config group;
 writes panel.png (plus <method>.png for a single method), maps.pt and the explain.yaml manifest (with
-faithfulness scores for `evaluate=true`).
+faithfulness scores for `evaluate=true`, and the cascading randomisation test's cascade.png and
+cascade_curves.png for `sanity=cascade`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from ganlab.explain.smooth import SmoothGrad
 from ganlab.nets.layers import MinibatchStdDev
 from ganlab.runs import load_model, new_output_dir, resolve_device, resolve_run, write_yaml_atomic
 from ganlab.tasks.explain_inputs import Inputs, dataset_inputs, file_inputs, generated_inputs
-from ganlab.tasks.explain_scores import evaluate_methods, print_table
+from ganlab.tasks.explain_scores import (cascade_methods, cascade_summary, evaluate_methods, print_cascade, print_table,
+                                         write_cascade)
 
 # CAM reads the weights of a global-average-pooling + linear head: classifiers have one, discriminators don't.
 NEEDS_GAP_HEAD = frozenset({"cam"})
@@ -229,6 +231,11 @@ def explain(cfg: DictConfig) -> Path:
         evaluation = evaluate_methods(cfg, explainers, net, rows, targets, maps, groups,
                                       lambda group: _bind(net, rows, group, device), pcam, device)
         _bind(net, rows, None, device)
+    cascade = None
+    if cfg.sanity == "cascade":  # Adebayo et al.'s per-layer test, with or without evaluate=true
+        cascade = cascade_methods(cfg, explainers, net, rows, targets, groups,
+                                  lambda group: _bind(net, rows, group, device), device)
+        _bind(net, rows, None, device)
 
     # Everything is computed: only now create the output dir (a failed call leaves no half-written one).
     from ganlab.explain.figures import method_figure, panel_figure, save_figure  # deferred: matplotlib is slow
@@ -238,6 +245,8 @@ def explain(cfg: DictConfig) -> Path:
     if len(maps) == 1:  # one method: also its map with a colour bar, so values can be read off
         (name, m), = maps.items()
         save_figure(method_figure(name, rows.images, m, row_labels), str(out_dir / f"{name}.png"))
+    if cascade:
+        write_cascade(out_dir, rows.images, cascade)
     torch.save({"maps": maps, "inputs": rows.images, "targets": targets, "indices": torch.tensor(rows.indices),
                 "labels": rows.labels, "scores": scores, "paths": rows.paths}, out_dir / "maps.pt")
     write_yaml_atomic(out_dir / "explain.yaml", OmegaConf.create({
@@ -249,9 +258,11 @@ def explain(cfg: DictConfig) -> Path:
         "score": "D logit" if targets is None else "p(target)", "scores": [round(float(s), 6) for s in scores],
         "options": {m: OmegaConf.to_container(cfg.explainers[m], resolve=True) for m in methods},
         "smooth": int(cfg.smooth), "smooth_sigma": float(cfg.smooth_sigma),
-        "evaluation": evaluation,
+        "evaluation": evaluation, "cascade": cascade_summary(cascade) if cascade else None,
     }))
     if evaluation:
         print_table(evaluation)
+    if cascade:
+        print_cascade(cascade)
     print(f"ganlab explain: wrote {out_dir} ({len(rows)} rows x {len(methods)} methods: {', '.join(methods)})")
     return out_dir

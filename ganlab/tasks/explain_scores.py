@@ -1,19 +1,33 @@
-"""`ganlab explain evaluate=true`: how faithful each method's maps are, averaged over the explained rows.
+"""`ganlab explain evaluate=true` and `sanity=cascade`: how faithful each method's maps are.
 
+`evaluate=true`, means over the explained rows:
 - deletion / insertion AUC (Petsiuk et al. 2018): the target's probability as the most-attributed pixels are
-  removed (low is good) or added back (high is good);
-- randomisation sanity check (Adebayo et al. 2018): similarity of the maps before and after the network's
-  weights are randomised (low is good: a map that survives randomisation does not explain the model);
+  removed (low is good) or added back (high is good), the removed pixels set to a constant;
+- road_morf / road_lerf (ROAD, Rong et al. 2022): the same with the removed pixels filled in from their
+  neighbours (noisy linear imputation), so that the fill's out-of-distribution value does not tell the model
+  where pixels were removed; mean probability over 10..90% removed, most (MoRF, low is good) or least
+  (LeRF, high is good) attributed first;
+- randomisation sanity check (Adebayo et al. 2018, `sanity=single`): similarity of the maps before and
+  after all the network's weights are randomised (low is good: a map that survives randomisation does not
+  explain the model);
 - on PCam only: the share of positive attribution inside the centre 32x32 box, where the label is decided.
+
+`sanity=cascade` (with or without `evaluate=true`, replacing the one-number check): the cascading
+randomisation of ganlab.explain.cascade, layer by layer from the top, summarised per layer in explain.yaml
+and drawn in cascade.png (maps) and cascade_curves.png (Spearman, SSIM and HOG similarity per layer).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ganlab.explain.cascade import CascadeResult
 
 PCAM_BOX, PCAM_SIZE = 32, 96  # PCam labels a 96x96 patch by tumour tissue in its centre 32x32 pixels
 
@@ -25,41 +39,105 @@ def _nanmean(values: list[Tensor]) -> float | None:
     return None if torch.isnan(mean) else round(float(mean), 4)
 
 
+def _factory(cfg: DictConfig, name: str) -> Callable[[nn.Module], Any]:
+    """model -> explainer `name` as the maps were made (with SmoothGrad for `smooth=N`), for the checks that
+    rebuild a method on a randomised copy of the network."""
+    from hydra.utils import instantiate
+
+    from ganlab.explain.smooth import SmoothGrad
+
+    partial = instantiate(cfg.explainers[name])
+    smooth = int(cfg.get("smooth", 0))
+    if smooth <= 0:
+        return partial
+    return lambda model: SmoothGrad(partial(model), smooth, float(cfg.smooth_sigma), seed=int(cfg.seed))
+
+
+def _batches(rows: Any, targets: Tensor | None, groups: list[list[int]], bind: Callable[[list[int]], None],
+             device: torch.device) -> Iterator[tuple[list[int], Tensor, Tensor | None]]:
+    """(group, images, targets) on `device` per group of rows, `net` bound to each group first."""
+    for group in groups:
+        bind(group)
+        yield group, rows.images[group].to(device), None if targets is None else targets[group].to(device)
+
+
 def evaluate_methods(cfg: DictConfig, explainers: dict[str, Any], net: nn.Module, rows: Any, targets: Tensor | None,
                      maps: dict[str, Tensor], groups: list[list[int]], bind: Callable[[list[int]], None],
                      pcam: bool, device: torch.device) -> dict[str, dict]:
-    """method -> {deletion_auc, insertion_auc, randomisation_similarity[, centre_mass]}, means over rows.
+    """method -> {deletion_auc, insertion_auc, road_morf, road_lerf[, randomisation_similarity][, centre_mass]},
+    means over rows; the randomisation similarity with `sanity=single` only (the cascade replaces it).
 
     Rows are scored in `groups`; `bind(group)` prepares `net` for one (a conditional D takes the row's label).
     """
-    from hydra.utils import instantiate
-
     from ganlab.explain import evaluation  # deferred: only evaluate=true needs it
 
     size = tuple(rows.images.shape[-2:])
     box = evaluation.centre_box(size, max(1, round(PCAM_BOX * min(size) / PCAM_SIZE))) if pcam else None
+    single = cfg.get("sanity", "single") == "single"
     results: dict[str, dict] = {}
     for name in explainers:
-        factory = instantiate(cfg.explainers[name])
-        scores: dict[str, list[Tensor]] = {"deletion_auc": [], "insertion_auc": [], "randomisation_similarity": []}
-        for group in groups:
-            bind(group)
-            x, m = rows.images[group].to(device), maps[name][group].to(device)
-            target = None if targets is None else targets[group].to(device)
+        factory = _factory(cfg, name)
+        scores: dict[str, list[Tensor]] = {"deletion_auc": [], "insertion_auc": [], "road_morf": [], "road_lerf": []}
+        if single:
+            scores["randomisation_similarity"] = []
+        for group, x, target in _batches(rows, targets, groups, bind, device):
+            m = maps[name][group].to(device)
             aucs = evaluation.deletion_insertion_auc(net, x, m, target)
             scores["deletion_auc"].append(aucs["deletion"])
             scores["insertion_auc"].append(aucs["insertion"])
-            scores["randomisation_similarity"].append(evaluation.randomisation_sanity(factory, net, x, target))
+            for order in ("morf", "lerf"):
+                scores[f"road_{order}"].append(evaluation.road_auc(net, x, m, target, order=order))
+            if single:
+                scores["randomisation_similarity"].append(evaluation.randomisation_sanity(factory, net, x, target))
         if box is not None:
             scores["centre_mass"] = [evaluation.mass_in_box(maps[name], box)]
         results[name] = {key: _nanmean(values) for key, values in scores.items()}
     return results
 
 
+def cascade_methods(cfg: DictConfig, explainers: dict[str, Any], net: nn.Module, rows: Any, targets: Tensor | None,
+                    groups: list[list[int]], bind: Callable[[list[int]], None],
+                    device: torch.device) -> dict[str, CascadeResult]:
+    """method -> its cascading randomisation over all rows (scored in `groups`, as `evaluate_methods`)."""
+    from ganlab.explain.cascade import CascadeResult, cascading_randomisation
+
+    results = {}
+    for name in explainers:
+        factory = _factory(cfg, name)
+        parts = [cascading_randomisation(factory, net, x, target)
+                 for _, x, target in _batches(rows, targets, groups, bind, device)]
+        results[name] = CascadeResult.concat(parts)
+    return results
+
+
+def cascade_summary(cascades: dict[str, CascadeResult]) -> dict[str, Any]:
+    """explain.yaml's `cascade:` section: the layers (`trained` first), then per method the mean of each
+    similarity per layer."""
+    layers = next(iter(cascades.values())).layers
+    return {"layers": list(layers), **{name: result.summary() for name, result in cascades.items()}}
+
+
+def write_cascade(out_dir: Path, images: Tensor, cascades: dict[str, CascadeResult]) -> None:
+    """cascade.png (the first row's maps, one row per method) and cascade_curves.png into `out_dir`."""
+    from ganlab.explain.figures import cascade_curves_figure, cascade_figure, save_figure
+
+    save_figure(cascade_figure(images, cascades), str(out_dir / "cascade.png"))
+    save_figure(cascade_curves_figure(cascades), str(out_dir / "cascade_curves.png"))
+
+
 def print_table(results: dict[str, dict[str, float | None]]) -> None:
-    """One line per method; deletion: lower is better, insertion: higher, randomisation similarity: lower."""
+    """One line per method; deletion and road_morf: lower is better, insertion and road_lerf: higher,
+    randomisation similarity: lower."""
     columns = list(next(iter(results.values())))
-    print(f"{'method':<16}" + "".join(f"{c:>{len(c) + 2}}" for c in columns))
+    width = max(16, *(len(name) + 1 for name in results))
+    print(f"{'method':<{width}}" + "".join(f"{c:>{len(c) + 2}}" for c in columns))
     for name, scores in results.items():
         cells = ("n/a" if scores[c] is None else f"{scores[c]:.3f}" for c in columns)
-        print(f"{name:<16}" + "".join(f"{cell:>{len(c) + 2}}" for c, cell in zip(columns, cells)))
+        print(f"{name:<{width}}" + "".join(f"{cell:>{len(c) + 2}}" for c, cell in zip(columns, cells)))
+
+
+def print_cascade(cascades: dict[str, CascadeResult]) -> None:
+    """The cascade's Spearman similarity per layer (columns, randomised cumulatively from the left), one
+    line per method; the SSIM and HOG curves are in explain.yaml and cascade_curves.png."""
+    print("cascading randomisation: Spearman rank correlation of |map| with the trained model's")
+    print_table({name: dict(zip(result.layers, result.summary()["spearman"])) for name, result in cascades.items()})
