@@ -108,8 +108,31 @@ def test_classifier_learns_bright_vs_dark_centres_and_checkpoints_load_weights_o
     ckpt_path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt_path)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    assert ckpt["hyper_parameters"] == {"lr": 1e-2}  # no modules, no partials pickled
+    assert ckpt["hyper_parameters"] == {"lr": 1e-2, "lr_schedule": "constant"}  # no modules, no partials pickled
     assert not any(k.startswith(("train_acc", "val_acc")) for k in ckpt["state_dict"])
+
+
+def test_cosine_schedule_decays_the_rate_to_zero_over_max_steps() -> None:
+    pl.seed_everything(0, verbose=False)
+    model = Classifier(CNNClassifier(1, 2, widths=(4,), strides=(1,)), lr=1e-2, lr_schedule="cosine")
+    trainer = tiny_trainer(6)
+    trainer.fit(model, datamodule=CentreDataModule(balanced(32), balanced(16)))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert trainer.global_step == 6
+
+
+def test_pooled_downsampling_keeps_shapes_and_state_dict_keys() -> None:
+    strided = CNNClassifier(1, 10, widths=(8, 16, 16), strides=(2, 2, 1))
+    for mode in ("avgpool", "blurpool", "maxpool", "maxblurpool", ["avgpool", "maxblurpool", "stride"]):
+        pooled = CNNClassifier(1, 10, widths=(8, 16, 16), strides=(2, 2, 1), downsample=mode)
+        for size in (28, 9):
+            x = torch.zeros(2, 1, size, size)
+            assert pooled.feature_maps(x).shape == strided.feature_maps(x).shape, mode
+        pooled.load_state_dict(strided.state_dict())  # same keys and shapes: pooling owns no parameters
+    with pytest.raises(ValueError, match="downsample"):
+        CNNClassifier(1, 10, widths=(8, 16), strides=(2, 1), downsample=["avgpool"])
+    coord = CNNClassifier(3, 2, widths=(4, 4), strides=(2, 1), coords=True)
+    assert coord.features[0][0].in_channels == 5 and coord(torch.zeros(1, 3, 12, 12)).shape == (1, 2)
 
 
 def test_classifier_refuses_a_net_without_num_classes() -> None:

@@ -112,6 +112,7 @@ def test_all_methods_two_targets_evaluated(classifier_run, val_images):
         similarity = scores["randomisation_similarity"]
         assert similarity is None or -1 <= similarity <= 1, name
         assert "centre_mass" not in scores  # PCam only
+        assert scores["checkerboard"] >= 0, name  # 28x28: an even grid, so the 2-pixel share is defined
 
 
 def test_image_file_predicted_class(classifier_run, val_images, tmp_path):

@@ -71,7 +71,8 @@ class CNNClassifier(nn.Module):
     """Images in [-1, 1], (N, C, H, W) with H, W >= 8 -> class logits (N, num_classes).
 
     Stage i is a Conv-BN-ReLU block of `widths[i]` channels with stride `strides[i]`; a stride-2 stage
-    downsamples as `downsample` says (see DOWNSAMPLING; "stride" is the default so that runs saved before
+    downsamples as `downsample` says (one mode of DOWNSAMPLING for all, or one per stage; "stride" is the
+    default so that runs saved before
     the option existed rebuild as they were trained). A 28x28 digit ends as 7x7 maps with the configs'
     strides: fine enough for class activation maps.
 
@@ -82,7 +83,8 @@ class CNNClassifier(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, widths: Sequence[int] = (32, 64, 128),
-                 strides: Sequence[int] = (2, 2, 1), downsample: str = "stride", coords: bool = False) -> None:
+                 strides: Sequence[int] = (2, 2, 1), downsample: str | Sequence[str] = "stride",
+                 coords: bool = False) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 2 or not widths or any(w < 1 for w in widths):
             raise ValueError(f"CNNClassifier: need in_channels >= 1, num_classes >= 2 and positive widths, got "
@@ -90,12 +92,15 @@ class CNNClassifier(nn.Module):
         if len(strides) != len(widths) or any(s not in (1, 2) for s in strides):
             raise ValueError(f"CNNClassifier: strides needs one entry of 1 or 2 per width, got "
                              f"widths={list(widths)}, strides={list(strides)}")
-        if downsample not in DOWNSAMPLING:
-            raise ValueError(f"CNNClassifier: downsample must be one of {', '.join(DOWNSAMPLING)}, got {downsample!r}")
+        modes = [downsample] * len(widths) if isinstance(downsample, str) else [str(d) for d in downsample]
+        if len(modes) != len(widths) or any(m not in DOWNSAMPLING for m in modes):
+            raise ValueError(f"CNNClassifier: downsample must be one of {', '.join(DOWNSAMPLING)} or a list of "
+                             f"them, one per width; got {downsample!r} for widths={list(widths)}")
         self.in_channels, self.num_classes, self.coords = int(in_channels), int(num_classes), bool(coords)
         channels = [self.in_channels + 2 * self.coords, *(int(w) for w in widths)]
         self.features = nn.Sequential(*(
-            conv_block(c_in, c_out, int(stride), downsample) for c_in, c_out, stride in zip(channels[:-1], channels[1:], strides)
+            conv_block(c_in, c_out, int(stride), mode)
+            for c_in, c_out, stride, mode in zip(channels[:-1], channels[1:], strides, modes)
         ))
         self.num_features: int = channels[-1]
         self.head = nn.Linear(self.num_features, self.num_classes)

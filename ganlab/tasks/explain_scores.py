@@ -10,6 +10,8 @@
 - randomisation sanity check (Adebayo et al. 2018, `sanity=single`): similarity of the maps before and
   after all the network's weights are randomised (low is good: a map that survives randomisation does not
   explain the model);
+- checkerboard: the maps' share of variance at the 2-pixel period over the images' own (ganlab.explain.artifacts;
+  ~1 is image-like, an edge map of MNIST digits ~8, a strided-convolution checkerboard 50-800; even H, W only);
 - on PCam only: the share of positive attribution inside the centre 32x32 box, where the label is decided.
 
 `sanity=cascade` (with or without `evaluate=true`, replacing the one-number check): the cascading
@@ -69,7 +71,7 @@ def evaluate_methods(cfg: DictConfig, explainers: dict[str, Any], net: nn.Module
 
     Rows are scored in `groups`; `bind(group)` prepares `net` for one (a conditional D takes the row's label).
     """
-    from ganlab.explain import evaluation  # deferred: only evaluate=true needs it
+    from ganlab.explain import artifacts, evaluation  # deferred: only evaluate=true needs them
 
     size = tuple(rows.images.shape[-2:])
     box = evaluation.centre_box(size, max(1, round(PCAM_BOX * min(size) / PCAM_SIZE))) if pcam else None
@@ -92,6 +94,8 @@ def evaluate_methods(cfg: DictConfig, explainers: dict[str, Any], net: nn.Module
         if box is not None:
             scores["centre_mass"] = [evaluation.mass_in_box(maps[name], box)]
         results[name] = {key: _nanmean(values) for key, values in scores.items()}
+        if size[0] % 2 == 0 and size[1] % 2 == 0:  # the 2-pixel period needs an even grid
+            results[name]["checkerboard"] = round(artifacts.checkerboard_ratio(maps[name], rows.images), 4)
     return results
 
 
