@@ -108,13 +108,13 @@ def test_classifier_learns_bright_vs_dark_centres_and_checkpoints_load_weights_o
     ckpt_path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt_path)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    assert ckpt["hyper_parameters"] == {"lr": 1e-2, "lr_schedule": "constant"}  # no modules, no partials pickled
+    assert ckpt["hyper_parameters"] == {"lr": 1e-2, "schedule": "constant"}  # no modules, no partials pickled
     assert not any(k.startswith(("train_acc", "val_acc")) for k in ckpt["state_dict"])
 
 
 def test_cosine_schedule_decays_the_rate_to_zero_over_max_steps() -> None:
     pl.seed_everything(0, verbose=False)
-    model = Classifier(CNNClassifier(1, 2, widths=(4,), strides=(1,)), lr=1e-2, lr_schedule="cosine")
+    model = Classifier(CNNClassifier(1, 2, widths=(4,), strides=(1,)), lr=1e-2, schedule="cosine")
     trainer = tiny_trainer(6)
     trainer.fit(model, datamodule=CentreDataModule(balanced(32), balanced(16)))
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)

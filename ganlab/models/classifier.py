@@ -20,12 +20,12 @@ from ganlab.models.step_logging import log_train_values
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 # cosine: the learning rate falls to 0 over trainer.max_steps, so the last weights are not a snapshot taken
 # mid-wobble (with a constant rate held-out accuracy swings by a point between epochs).
-LR_SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine")
 
 
 class Classifier(pl.LightningModule):
     def __init__(self, net: nn.Module, optimizer: OptimizerFactory | None = None, lr: float = 1e-3,
-                 lr_schedule: str = "constant") -> None:
+                 schedule: str = "constant") -> None:
         super().__init__()
         # The net and the optimizer factory are rebuilt from config.yaml, never pickled into the checkpoint
         # (so checkpoints load with weights_only=True).
@@ -34,8 +34,8 @@ class Classifier(pl.LightningModule):
         if not isinstance(num_classes, int) or num_classes < 2:
             raise GanlabError(f"model.net: {type(net).__name__} must have an int attribute num_classes >= 2 "
                               f"(got {num_classes!r}); e.g. ganlab.nets.classifier.CNNClassifier")
-        if lr_schedule not in LR_SCHEDULES:
-            raise GanlabError(f"model.lr_schedule={lr_schedule}: expected one of {', '.join(LR_SCHEDULES)}")
+        if schedule not in SCHEDULES:
+            raise GanlabError(f"model.schedule={schedule}: expected one of {', '.join(SCHEDULES)}")
         self.net = net
         self.optimizer_factory = optimizer or torch.optim.Adam
         # Metric states are not persistent, so they stay out of the checkpoint's state_dict.
@@ -47,7 +47,7 @@ class Classifier(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         optimizer = self.optimizer_factory(self.net.parameters(), lr=self.hparams.lr)
         steps = self.trainer.max_steps if self._trainer is not None else -1
-        if self.hparams.lr_schedule == "constant" or steps is None or steps < 1:  # no step budget: nothing to decay over
+        if self.hparams.schedule == "constant" or steps is None or steps < 1:  # no step budget: nothing to decay over
             return optimizer
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
