@@ -21,7 +21,8 @@ OS_ERROR_CAUSES = {
 }
 
 
-class GanlabError(Exception):
+# A ValueError: a user-fixable value problem, and existing callers catching ValueError keep working.
+class GanlabError(ValueError):
     """A user-fixable problem; the message names the file or key and what was expected."""
 
 

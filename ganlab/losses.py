@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ganlab.errors import GanlabError
+
 
 def d_loss_bce(real: Tensor, fake: Tensor, real_label: float = 1.0) -> Tensor:
     """D maximises V^(D) = E[log D(x)] + E[log(1 - D(G(z)))]; we minimise its negative.
@@ -64,7 +66,7 @@ def g_loss_score(fake: Tensor) -> Tensor:
 
 def _no_smoothing(name: str, real_label: float) -> None:
     if real_label != 1.0:
-        raise ValueError(f"model.label_smoothing applies to minimax, nonsaturating and lsgan, not {name}")
+        raise GanlabError(f"model.label_smoothing applies to minimax, nonsaturating and lsgan, not {name}")
 
 
 def gradient_penalty(discriminator: nn.Module, real: Tensor, fake: Tensor, y: Tensor | None = None) -> Tensor:
@@ -111,8 +113,8 @@ def get_loss(name: str) -> AdversarialLoss:
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(f"model.loss={name!r} is not a known adversarial loss; "
-                         f"expected one of: {', '.join(LOSSES)}") from None
+        raise GanlabError(f"model.loss={name!r} is not a known adversarial loss; "
+                          f"expected one of: {', '.join(LOSSES)}") from None
 
 
 def discriminator_probability(logits: Tensor) -> Tensor:

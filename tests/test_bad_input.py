@@ -119,6 +119,19 @@ def test_config_target_outside_allowlist_is_refused(run_copy, tmp_path, key):
     assert not marker.exists()
 
 
+# Checks in the constructors Hydra instantiates (a model's, a data module's): one ganlab line naming the option,
+# not Hydra's "Error in call to target ..." report around it.
+@pytest.mark.parametrize("override, fragment", [
+    ("model.label_smoothing=1.5", "0 <= model.label_smoothing < 1"),
+    ("data.std=-1", "gaussian data: need std > 0"),
+])
+def test_constructor_check_is_one_line(tmp_path, override, fragment):
+    proc = run_ganlab("train", "+experiment=gan_gaussian", *TINY, "logger=none", override, cwd=tmp_path, check=False)
+    assert_clear_error(proc, "ganlab train: error:", fragment, override.split("=")[1])
+    assert "Error in call to target" not in proc.stderr and "full_key" not in proc.stderr
+    assert not list((tmp_path / "outputs").rglob("run.yaml"))
+
+
 def test_multirun_with_multiprocess_ddp_is_refused_with_the_fix(tmp_path):
     proc = run_ganlab("train", "-m", "+experiment=gan_gaussian", *TINY, "trainer.accelerator=cpu",
                       "trainer.strategy=ddp", "trainer.devices=2", "seed=0,1", cwd=tmp_path, check=False)

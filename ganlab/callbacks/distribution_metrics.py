@@ -7,6 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from ganlab.errors import GanlabError
 from ganlab.metrics.distribution import ks_1d, wasserstein1_1d
 
 
@@ -23,7 +24,7 @@ class DistributionMetrics1D(pl.Callback):
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if outputs["real"][0].numel() != 1:
-            raise ValueError("DistributionMetrics1D needs 1-D samples; remove it from callbacks for image data")
+            raise GanlabError("DistributionMetrics1D needs 1-D samples; remove it from callbacks for image data")
         self.real.append(outputs["real"].detach().flatten().cpu())
         self.fake.append(outputs["fake"].detach().flatten().cpu())
 

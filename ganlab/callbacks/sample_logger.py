@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import pytorch_lightning as pl
 import torch
 
+from ganlab.errors import GanlabError
 from ganlab.plots import density_figure, image_grid, scatter_figure, snapshot_strip_figure
 
 
@@ -45,7 +46,7 @@ class GeneratedSamplesLogger(pl.Callback):
     def __init__(self, every_n_steps: int = 500, num_density_samples: int = 4096,
                  num_scatter_samples: int = 2500, num_snapshot_samples: int = 1000) -> None:
         if every_n_steps < 1:
-            raise ValueError(f"callbacks.samples.every_n_steps must be >= 1, got {every_n_steps}")
+            raise GanlabError(f"callbacks.samples.every_n_steps must be >= 1, got {every_n_steps}")
         self.every_n_steps = every_n_steps
         self.num_density_samples = num_density_samples
         self.num_scatter_samples = num_scatter_samples

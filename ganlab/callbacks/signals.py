@@ -20,6 +20,8 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from ganlab.errors import GanlabError
+
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -28,7 +30,7 @@ class SignalCheckpoint(pl.Callback):
 
     def __init__(self, path: str, sync_every_n_batches: int = 10) -> None:
         if sync_every_n_batches < 1:
-            raise ValueError(f"SignalCheckpoint: sync_every_n_batches must be >= 1, got {sync_every_n_batches}")
+            raise GanlabError(f"SignalCheckpoint: sync_every_n_batches must be >= 1, got {sync_every_n_batches}")
         self.path = Path(path)
         self.sync_every_n_batches = sync_every_n_batches
         self.received: int | None = None

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from ganlab.data.on_the_fly import OnTheFlyDataModule, stream_seed
+from ganlab.errors import GanlabError
 
 
 # Lightning warns that an IterableDataset's __len__ may be wrong with several workers; ours yields whole
@@ -53,9 +54,9 @@ class GaussianDataModule(OnTheFlyDataModule):
     ) -> None:
         super().__init__()
         if std <= 0 or dim < 1 or batch_size < 1 or batches_per_epoch < 1 or val_samples < 1:
-            raise ValueError(f"gaussian data: need std > 0 and positive sizes, got std={std}, dim={dim}, "
-                             f"batch_size={batch_size}, batches_per_epoch={batches_per_epoch}, "
-                             f"val_samples={val_samples}")
+            raise GanlabError(f"gaussian data: need std > 0 and positive sizes, got std={std}, dim={dim}, "
+                              f"batch_size={batch_size}, batches_per_epoch={batches_per_epoch}, "
+                              f"val_samples={val_samples}")
         self.save_hyperparameters()
         self.train_batches = GaussianBatches(mean, std, dim, batch_size, batches_per_epoch, seed)
         held_out = torch.Generator().manual_seed(seed + 999_983)

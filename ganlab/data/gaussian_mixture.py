@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from ganlab.data.on_the_fly import OnTheFlyDataModule, stream_seed
+from ganlab.errors import GanlabError
 
 # As in ganlab.data.gaussian: the dataset yields whole batches in the main process, so its length is exact.
 warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
@@ -30,7 +31,7 @@ warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` de
 def ring_centers(num_modes: int = 8, radius: float = 2.0) -> Tensor:
     """(num_modes, 2) points equally spaced on a circle, the first at angle 0: r (cos 2πk/K, sin 2πk/K)."""
     if num_modes < 1 or radius <= 0:
-        raise ValueError(f"ring_centers: need num_modes >= 1 and radius > 0, got {num_modes}, {radius}")
+        raise GanlabError(f"ring_centers: need num_modes >= 1 and radius > 0, got {num_modes}, {radius}")
     angles = 2 * math.pi * torch.arange(num_modes, dtype=torch.float64) / num_modes
     return (radius * torch.stack([angles.cos(), angles.sin()], dim=1)).float()
 
@@ -41,7 +42,7 @@ def grid_centers(size: int = 5, spacing: float = 2.0) -> Tensor:
     Row-major: index i * size + j is the point (coords[i], coords[j]).
     """
     if size < 1 or spacing <= 0:
-        raise ValueError(f"grid_centers: need size >= 1 and spacing > 0, got {size}, {spacing}")
+        raise GanlabError(f"grid_centers: need size >= 1 and spacing > 0, got {size}, {spacing}")
     coords = (torch.arange(size, dtype=torch.float64) - (size - 1) / 2) * spacing
     xs, ys = torch.meshgrid(coords, coords, indexing="ij")
     return torch.stack([xs.flatten(), ys.flatten()], dim=1).float()
@@ -113,21 +114,21 @@ class GaussianMixtureDataModule(OnTheFlyDataModule):
     ) -> None:
         super().__init__()
         if dim != 2:
-            raise ValueError(f"gaussian mixture data is 2-D: data.dim must be 2, got {dim}")
+            raise GanlabError(f"gaussian mixture data is 2-D: data.dim must be 2, got {dim}")
         centers = torch.as_tensor(centers, dtype=torch.float32)
         if centers.ndim != 2 or centers.shape[1] != 2 or len(centers) < 1:
-            raise ValueError(f"gaussian mixture data: centers must have shape (K, 2), got {tuple(centers.shape)}")
+            raise GanlabError(f"gaussian mixture data: centers must have shape (K, 2), got {tuple(centers.shape)}")
         if std <= 0 or batch_size < 1 or batches_per_epoch < 1 or val_samples < 1:
-            raise ValueError(f"gaussian mixture data: need std > 0 and positive sizes, got std={std}, "
-                             f"batch_size={batch_size}, batches_per_epoch={batches_per_epoch}, "
-                             f"val_samples={val_samples}")
+            raise GanlabError(f"gaussian mixture data: need std > 0 and positive sizes, got std={std}, "
+                              f"batch_size={batch_size}, batches_per_epoch={batches_per_epoch}, "
+                              f"val_samples={val_samples}")
         # The centres are a tensor built from config; keep them out of hparams (and checkpoints).
         self.save_hyperparameters(ignore=["centers"])
         self.centers, self.std = centers, float(std)
         if train_points is not None and (isinstance(train_points, bool) or not isinstance(train_points, int)
                                          or train_points < batch_size):
-            raise ValueError(f"gaussian mixture data: data.train_points={train_points!r}: expected null (a fresh "
-                             f"draw per batch) or an integer >= data.batch_size ({batch_size})")
+            raise GanlabError(f"gaussian mixture data: data.train_points={train_points!r}: expected null (a fresh "
+                              f"draw per batch) or an integer >= data.batch_size ({batch_size})")
         self.train_batches = (MixtureBatches(centers, self.std, batch_size, batches_per_epoch, seed)
                               if train_points is None else
                               FixedPointBatches(centers, self.std, batch_size, batches_per_epoch, seed, train_points))

@@ -23,6 +23,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ganlab.errors import GanlabError
+
 SIZE = 96
 CENTRE = (32, 64)  # the centre 32x32 region [32, 64) x [32, 64) that decides the label
 SPLIT_FILES = {"train": "train", "val": "valid", "test": "test"}
@@ -132,7 +134,7 @@ def write_split(directory: Path, split: str, images: np.ndarray, labels: np.ndar
                 storage: str = "contiguous") -> None:
     """Write one split as the two official files; `storage="chunked"` uses per-image gzip chunks."""
     if storage not in STORAGES:
-        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+        raise GanlabError(f"storage must be one of {STORAGES}, got {storage!r}")
     chunked = storage == "chunked"
     x_name, y_name = file_names(split)
     with h5py.File(directory / x_name, "w") as f:
@@ -147,7 +149,7 @@ def write_pcam_fixture(directory: str | Path, n_per_split: int, seed: int = 0,
                        storage: str = "contiguous") -> Path:
     """Write all six official files (train/valid/test x/y) into `directory`; return it."""
     if n_per_split < 2 or n_per_split % 2:
-        raise ValueError(f"n_per_split must be an even number >= 2 (balanced labels), got {n_per_split}")
+        raise GanlabError(f"n_per_split must be an even number >= 2 (balanced labels), got {n_per_split}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for i, split in enumerate(SPLIT_FILES):

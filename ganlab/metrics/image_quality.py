@@ -107,7 +107,7 @@ def _distances(a: Tensor, b: Tensor) -> Tensor:
 def knn_radii(features: Tensor, k: int = 3, batch_size: int = 1024) -> Tensor:
     """Distance from each feature vector to its k-th nearest other vector, (N,), in row batches."""
     if not 1 <= k < features.shape[0]:
-        raise ValueError(f"knn_radii: need 1 <= k < number of points, got k={k} for {features.shape[0]} points")
+        raise GanlabError(f"knn_radii: need 1 <= k < number of points, got k={k} for {features.shape[0]} points")
     # The (k+1)-th smallest distance of a row, because its smallest is the point's distance to itself.
     return torch.cat([_distances(rows, features).kthvalue(k + 1, dim=1).values for rows in features.split(batch_size)])
 
@@ -172,8 +172,8 @@ class ImageQuality(nn.Module):
         real = dim_zero_cat(self.kid.real_features)
         fake = dim_zero_cat(self.kid.fake_features)  # KID keeps every feature vector: reused for precision/recall
         if min(len(real), len(fake)) <= self.k:
-            raise ValueError(f"ImageQuality: need more than k={self.k} real and generated images, "
-                             f"got {len(real)} and {len(fake)}")
+            raise GanlabError(f"ImageQuality: need more than k={self.k} real and generated images, "
+                              f"got {len(real)} and {len(fake)}")
         self.kid.subset_size = min(self.kid_subset_size, len(real), len(fake))  # KID refuses larger subsets
         with torch.random.fork_rng(devices=[]):  # KID samples subsets with torch.randperm on the CPU RNG
             torch.manual_seed(self.seed)

@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ganlab.errors import GanlabError
+
 PACGAN_SAMPLES = 2500
 PACGAN_MIN_PER_MODE = 20
 PACGAN_STD_RADIUS = 3.0
@@ -35,8 +37,8 @@ def mode_coverage(samples: Tensor, centers: Tensor, std: float, std_radius: floa
     20 of 2,500 passes and 19 does not).
     """
     if samples.ndim != 2 or centers.ndim != 2 or samples.shape[1] != centers.shape[1] or len(samples) == 0:
-        raise ValueError(f"mode_coverage: need samples (n, d) and centers (K, d) with n >= 1, got "
-                         f"{tuple(samples.shape)} and {tuple(centers.shape)}")
+        raise GanlabError(f"mode_coverage: need samples (n, d) and centers (K, d) with n >= 1, got "
+                          f"{tuple(samples.shape)} and {tuple(centers.shape)}")
     samples, centers = samples.detach().double().cpu(), centers.detach().double().cpu()
     distance, nearest = torch.cdist(samples, centers).min(dim=1)
     good = distance <= std_radius * std

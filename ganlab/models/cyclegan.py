@@ -48,10 +48,7 @@ class CycleGAN(ImageTranslation):
         # Networks and the optimizer factory are rebuilt from config.yaml, never pickled into the checkpoint.
         self.save_hyperparameters(ignore=["g_ab", "g_ba", "d_a", "d_b", "optimizer"])
         self.automatic_optimization = False
-        try:
-            self.loss = get_loss(loss)
-        except ValueError as err:
-            raise GanlabError(str(err)) from None
+        self.loss = get_loss(loss)  # GanlabError naming model.loss if unknown
         if self.loss.gradient_penalty:
             raise GanlabError(f"model.loss={loss}: CycleGAN does not implement the gradient penalty; use lsgan")
         if lambda_cycle < 0 or lambda_identity < 0 or pool_size < 0 or not 0 <= decay_start <= 1:

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from ganlab.errors import GanlabError
 from ganlab.models.lr_schedule import LinearDecaySchedule
 from ganlab.models.step_logging import log_train_values
 from ganlab.nets.layers import check_labels
@@ -68,24 +69,24 @@ class GAN(LinearDecaySchedule, CapturableIteration, pl.LightningModule):
     def _validate(self, generator: nn.Module, discriminator: nn.Module) -> None:
         hp = self.hparams
         if hp.r1_every < 1:
-            raise ValueError(f"need model.r1_every >= 1 (D steps between R1 penalties), got {hp.r1_every}")
+            raise GanlabError(f"need model.r1_every >= 1 (D steps between R1 penalties), got {hp.r1_every}")
         if hp.n_critic < 1 or not 0 <= hp.label_smoothing < 1 or not 0 <= hp.ema_decay < 1:
-            raise ValueError(f"need model.n_critic >= 1, 0 <= model.label_smoothing < 1, 0 <= model.ema_decay < 1; "
-                             f"got {hp.n_critic}, {hp.label_smoothing}, {hp.ema_decay}")
+            raise GanlabError(f"need model.n_critic >= 1, 0 <= model.label_smoothing < 1, 0 <= model.ema_decay < 1; "
+                              f"got {hp.n_critic}, {hp.label_smoothing}, {hp.ema_decay}")
         if not 0 <= hp.decay_start <= 1:
-            raise ValueError(f"model.decay_start={hp.decay_start}: expected a fraction of the run in [0, 1] "
-                             "(1 = constant learning rates)")
+            raise GanlabError(f"model.decay_start={hp.decay_start}: expected a fraction of the run in [0, 1] "
+                              "(1 = constant learning rates)")
         if hp.gp_lambda < 0 or hp.r1_gamma < 0:
-            raise ValueError(f"need model.gp_lambda >= 0 and model.r1_gamma >= 0; got {hp.gp_lambda}, {hp.r1_gamma}")
+            raise GanlabError(f"need model.gp_lambda >= 0 and model.r1_gamma >= 0; got {hp.gp_lambda}, {hp.r1_gamma}")
         if hp.label_smoothing:
             self.loss.d_loss(torch.zeros(1), torch.zeros(1), real_label=1.0 - hp.label_smoothing)  # raises if n/a
         g_classes, d_classes = getattr(generator, "num_classes", 0), getattr(discriminator, "num_classes", 0)
         if g_classes != d_classes:
-            raise ValueError(f"generator has num_classes={g_classes} but discriminator has {d_classes}; "
-                             "a conditional GAN conditions both")
+            raise GanlabError(f"generator has num_classes={g_classes} but discriminator has {d_classes}; "
+                              "a conditional GAN conditions both")
         if tuple(generator.out_shape) != tuple(discriminator.in_shape):
-            raise ValueError(f"generator makes {tuple(generator.out_shape)} but discriminator expects "
-                             f"{tuple(discriminator.in_shape)}")
+            raise GanlabError(f"generator makes {tuple(generator.out_shape)} but discriminator expects "
+                              f"{tuple(discriminator.in_shape)}")
 
     @property
     def sample_shape(self) -> Sequence[int]:
@@ -108,7 +109,7 @@ class GAN(LinearDecaySchedule, CapturableIteration, pl.LightningModule):
         """Samples for looking at and for metrics: the EMA generator if there is one, in eval mode."""
         net = self.generator_ema if self.generator_ema is not None else self.generator
         if self.num_classes and y is None:
-            raise ValueError(f"this GAN is class-conditional ({self.num_classes} classes): pass labels y")
+            raise GanlabError(f"this GAN is class-conditional ({self.num_classes} classes): pass labels y")
         was_training = net.training
         net.eval()
         try:

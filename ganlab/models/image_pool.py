@@ -14,11 +14,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ganlab.errors import GanlabError
+
 
 class ImagePool:
     def __init__(self, size: int = 50, seed: int | None = None) -> None:
         if size < 0:
-            raise ValueError(f"image pool size must be >= 0, got {size}")
+            raise GanlabError(f"image pool size must be >= 0, got {size}")
         self.size = size
         self.buffer: Tensor | None = None  # (size, ...) on the fakes' device, the first `count` rows in use
         self.count = 0
@@ -82,7 +84,7 @@ class ImagePool:
     def load_state_dict(self, state: dict[str, Tensor], device: torch.device | str = "cpu") -> None:
         images = state["images"]
         if len(images) > self.size:
-            raise ValueError(f"image pool state holds {len(images)} images, more than its size {self.size}")
+            raise GanlabError(f"image pool state holds {len(images)} images, more than its size {self.size}")
         self.count = len(images)
         self.buffer = None
         if self.count:

@@ -52,10 +52,7 @@ class Pix2Pix(CapturableIteration, ImageTranslation):
         if not paired:
             raise GanlabError("model=pix2pix needs paired data (each MR slice with its own CT slice) but "
                               "data.paired=false; use data.paired=true, or model=cyclegan for unpaired data")
-        try:
-            self.loss = get_loss(loss)
-        except ValueError as err:
-            raise GanlabError(str(err)) from None
+        self.loss = get_loss(loss)  # GanlabError naming model.loss if unknown
         if self.loss.gradient_penalty:
             raise GanlabError(f"model.loss={loss}: pix2pix does not implement the gradient penalty; "
                               "use nonsaturating, lsgan, hinge or minimax")

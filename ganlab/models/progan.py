@@ -146,7 +146,7 @@ class ProGAN(pl.LightningModule):
         """Samples at the full size: the current stage's output, nearest-upsampled if G is not fully grown
         (its later blocks are untrained until then)."""
         if y is not None:
-            raise ValueError("ProGAN is unconditional: generate(z) takes no labels")
+            raise GanlabError("ProGAN is unconditional: generate(z) takes no labels")
         x = self._sample_current(z)
         size = self.sample_shape[-1]
         return x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="nearest")

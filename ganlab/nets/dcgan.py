@@ -15,6 +15,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from ganlab.errors import GanlabError
 from ganlab.nets.layers import Discriminator, Generator, MinibatchStdDev, add_spectral_norm, check_positive
 
 SIZES = (8, 16, 28, 32, 64, 128, 256)
@@ -24,11 +25,11 @@ def _resolution_steps(owner: str, shape: Sequence[int]) -> tuple[int, int]:
     """(size of the smallest map, number of x2 resolution steps) for a (C, H, W) image shape."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or shape[0] < 1:
-        raise ValueError(f"{owner}: image shape must be (C, H, W) with C >= 1, got {list(shape)}")
+        raise GanlabError(f"{owner}: image shape must be (C, H, W) with C >= 1, got {list(shape)}")
     _, h, w = shape
     if h != w or h not in SIZES:
-        raise ValueError(f"{owner}: image size {h}x{w} is not supported; use square images of "
-                         f"{', '.join(map(str, SIZES))} pixels (e.g. data.image_size=32)")
+        raise GanlabError(f"{owner}: image size {h}x{w} is not supported; use square images of "
+                          f"{', '.join(map(str, SIZES))} pixels (e.g. data.image_size=32)")
     start = 7 if h == 28 else 4
     return start, (h // start).bit_length() - 1
 

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ganlab.errors import GanlabError
+
 CONDITIONINGS = ("projection", "concat")
 
 
@@ -26,23 +28,23 @@ def check_labels(owner: str, y: Tensor | None, num_classes: int, batch: int) -> 
     """Fail with one clear message when labels are missing, extra, mis-shaped or out of range."""
     if num_classes == 0:
         if y is not None:
-            raise ValueError(f"{owner} is unconditional (num_classes=0) but labels y were passed; "
-                             f"set num_classes to condition on them")
+            raise GanlabError(f"{owner} is unconditional (num_classes=0) but labels y were passed; "
+                              f"set num_classes to condition on them")
         return
     if y is None:
-        raise ValueError(f"{owner} is conditional (num_classes={num_classes}): forward needs labels y of shape "
-                         f"({batch},)")
+        raise GanlabError(f"{owner} is conditional (num_classes={num_classes}): forward needs labels y of shape "
+                          f"({batch},)")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"{owner}: labels y must be integer class indices (torch.long), got dtype {y.dtype}")
+        raise GanlabError(f"{owner}: labels y must be integer class indices (torch.long), got dtype {y.dtype}")
     if tuple(y.shape) != (batch,):
-        raise ValueError(f"{owner}: labels y must have shape ({batch},) to match the batch, got {tuple(y.shape)}")
+        raise GanlabError(f"{owner}: labels y must have shape ({batch},) to match the batch, got {tuple(y.shape)}")
     # The range check reads y on the host: free on the CPU, a sync per forward on a GPU (and a graph break under
     # torch.compile), so there it is left to the training module, which checks its first batch
     # (GAN.on_train_batch_start; ganlab compiles only after an eager first step).
     if batch and not y.is_cuda and not torch.compiler.is_compiling() and (
             int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"{owner}: labels y must lie in [0, {num_classes - 1}], "
-                         f"got values from {int(y.min())} to {int(y.max())}")
+        raise GanlabError(f"{owner}: labels y must lie in [0, {num_classes - 1}], "
+                          f"got values from {int(y.min())} to {int(y.max())}")
 
 
 def check_positive(owner: str, **sizes: int | Sequence[int]) -> None:
@@ -50,8 +52,8 @@ def check_positive(owner: str, **sizes: int | Sequence[int]) -> None:
     bad = {k: v for k, v in sizes.items()
            if (min(v, default=1) if isinstance(v, Sequence) else v) < 1}
     if bad:
-        raise ValueError(f"{owner}: sizes must be positive, got "
-                         + ", ".join(f"{k}={list(v) if isinstance(v, Sequence) else v}" for k, v in bad.items()))
+        raise GanlabError(f"{owner}: sizes must be positive, got "
+                          + ", ".join(f"{k}={list(v) if isinstance(v, Sequence) else v}" for k, v in bad.items()))
 
 
 class LabelConcat(nn.Module):
@@ -105,7 +107,7 @@ class MinibatchStdDev(nn.Module):
     def __init__(self, group_size: int = 4, eps: float = 1e-8) -> None:
         super().__init__()
         if group_size < 1:
-            raise ValueError(f"MinibatchStdDev: group_size must be >= 1, got {group_size}")
+            raise GanlabError(f"MinibatchStdDev: group_size must be >= 1, got {group_size}")
         self.group_size = group_size
         self.eps = eps
 
@@ -149,7 +151,7 @@ class Generator(nn.Module):
         out_shape = tuple(int(s) for s in out_shape)
         check_positive(name, latent_dim=latent_dim, out_shape=out_shape)
         if num_classes < 0:
-            raise ValueError(f"{name}: num_classes must be >= 0 (0 = unconditional), got {num_classes}")
+            raise GanlabError(f"{name}: num_classes must be >= 0 (0 = unconditional), got {num_classes}")
         embed_dim = num_classes if embed_dim is None else embed_dim
         if num_classes:
             check_positive(name, embed_dim=embed_dim)
@@ -162,7 +164,7 @@ class Generator(nn.Module):
     def forward(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         name = type(self).__name__
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"{name} expects z of shape (N, {self.latent_dim}), got {tuple(z.shape)}")
+            raise GanlabError(f"{name} expects z of shape (N, {self.latent_dim}), got {tuple(z.shape)}")
         check_labels(name, y, self.num_classes, z.shape[0])
         h = self.label(z, y) if self.label is not None else z
         return self.decode(h).reshape(z.shape[0], *self.out_shape)
@@ -199,12 +201,12 @@ class Discriminator(nn.Module):
         in_shape = tuple(int(s) for s in in_shape)
         check_positive(name, in_shape=in_shape, pack=pack)
         if num_classes < 0:
-            raise ValueError(f"{name}: num_classes must be >= 0 (0 = unconditional), got {num_classes}")
+            raise GanlabError(f"{name}: num_classes must be >= 0 (0 = unconditional), got {num_classes}")
         if conditioning not in CONDITIONINGS:
-            raise ValueError(f"{name}: conditioning must be one of {', '.join(CONDITIONINGS)}; got {conditioning!r}")
+            raise GanlabError(f"{name}: conditioning must be one of {', '.join(CONDITIONINGS)}; got {conditioning!r}")
         if pack > 1 and num_classes > 0:
-            raise ValueError(f"{name}: pack={pack} cannot be combined with num_classes={num_classes} "
-                             f"(the samples of a pack have different labels); use pack=1 for a conditional D")
+            raise GanlabError(f"{name}: pack={pack} cannot be combined with num_classes={num_classes} "
+                              f"(the samples of a pack have different labels); use pack=1 for a conditional D")
         embed_dim = num_classes if embed_dim is None else embed_dim
         if num_classes and conditioning == "concat":
             check_positive(name, embed_dim=embed_dim)
@@ -225,10 +227,10 @@ class Discriminator(nn.Module):
     def forward(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         name = type(self).__name__
         if tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(f"{name} expects inputs of shape (N, {', '.join(map(str, self.in_shape))}), "
-                             f"got {tuple(x.shape)}")
+            raise GanlabError(f"{name} expects inputs of shape (N, {', '.join(map(str, self.in_shape))}), "
+                              f"got {tuple(x.shape)}")
         if x.shape[0] % self.pack:
-            raise ValueError(f"{name}: batch size {x.shape[0]} is not divisible by pack={self.pack}")
+            raise GanlabError(f"{name}: batch size {x.shape[0]} is not divisible by pack={self.pack}")
         check_labels(name, y, self.num_classes, x.shape[0])
         x = x.reshape(x.shape[0] // self.pack, self.pack * x.shape[1], *x.shape[2:])
         h = self.prepare(x)

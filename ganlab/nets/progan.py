@@ -100,7 +100,7 @@ class _Progressive(nn.Module):
 
     def stage_of(self, resolution: int) -> int:
         if resolution not in self.resolutions:
-            raise ValueError(f"{type(self).__name__}: resolution {resolution} is not one of {self.resolutions}")
+            raise GanlabError(f"{type(self).__name__}: resolution {resolution} is not one of {self.resolutions}")
         return self.resolutions.index(resolution)
 
 
@@ -132,9 +132,9 @@ class ProGANGenerator(_Progressive):
         """Images (N, C, resolution, resolution); the full size when resolution is None."""
         name = type(self).__name__
         if y is not None:
-            raise ValueError(f"{name} is unconditional (num_classes=0) but labels y were passed")
+            raise GanlabError(f"{name} is unconditional (num_classes=0) but labels y were passed")
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"{name} expects z of shape (N, {self.latent_dim}), got {tuple(z.shape)}")
+            raise GanlabError(f"{name} expects z of shape (N, {self.latent_dim}), got {tuple(z.shape)}")
         stage = self.stage_of(self.resolutions[-1] if resolution is None else resolution)
         h = self.blocks[0](z)
         for block in self.blocks[1:stage]:
@@ -175,11 +175,11 @@ class ProGANDiscriminator(_Progressive):
         """Scores (N,) for images at any grown resolution (taken from x's size)."""
         name = type(self).__name__
         if y is not None:
-            raise ValueError(f"{name} is unconditional (num_classes=0) but labels y were passed")
+            raise GanlabError(f"{name} is unconditional (num_classes=0) but labels y were passed")
         if x.dim() != 4 or x.shape[1] != self.in_shape[0] or x.shape[2] != x.shape[3] \
                 or x.shape[2] not in self.resolutions:
-            raise ValueError(f"{name} expects (N, {self.in_shape[0]}, R, R) images with R in {self.resolutions}, "
-                             f"got {tuple(x.shape)}")
+            raise GanlabError(f"{name} expects (N, {self.in_shape[0]}, R, R) images with R in {self.resolutions}, "
+                              f"got {tuple(x.shape)}")
         stage = self.stage_of(x.shape[2])
         old = self.from_rgb[stage - 1](F.avg_pool2d(x, 2)) if stage and alpha < 1 else None
         if old is not None and alpha <= 0:
