@@ -102,13 +102,16 @@ def test_occlusion_matches_captum_for_any_chunk_size(net: nn.Module, layer: str,
 
 
 @pytest.mark.parametrize(("net", "layer", "channels"), cases())
-def test_occlusion_mean_baseline_is_each_images_mean_colour(net: nn.Module, layer: str, channels: int) -> None:
+def test_mean_baseline_is_each_images_mean_colour(net: nn.Module, layer: str, channels: int) -> None:
     x = images(channels) + torch.arange(3, dtype=torch.float64).view(3, 1, 1, 1)  # a different mean per image
     fill = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
     theirs = CaptumOcclusion(net).attribute(x, sliding_window_shapes=(channels, 4, 4), strides=(channels, 2, 2),
                                             baselines=fill, target=TARGET)
     close(Occlusion(net, window=4, stride=2, baseline="mean").attribute(x, TARGET), theirs[:, :1].double(),
           rtol=1e-6)
+    theirs = CaptumIntegratedGradients(net).attribute(x, baselines=fill, target=TARGET, n_steps=6,
+                                                      method="gausslegendre")
+    close(IntegratedGradients(net, steps=6, baseline="mean").attribute(x, TARGET), theirs)
     with pytest.raises(GanlabError, match="'mean'"):
         Occlusion(net, baseline="median")
 

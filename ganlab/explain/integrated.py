@@ -13,13 +13,13 @@ network's gradient is piecewise constant along the path, so there the error fall
 ``steps`` when ``sum(map) - (score(x) - score(b))`` matters. The ``N x steps`` path images go through the
 network ``max_batch`` at a time, so memory stays bounded whatever ``steps`` is.
 
-``baseline`` is one value for every pixel: 0 is mid-grey for images in [-1, 1]; -1 is MNIST's black
-background, the usual "absence of signal" there.
+``baseline``: one value for every pixel (0 is mid-grey for images in [-1, 1]; -1 is MNIST's black
+background, the usual "absence of signal" there), a tensor, or "mean": each image's own mean colour, the
+"absence of signal" of a tissue patch, whose mid-grey would read as nuclei.
 """
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from ganlab.errors import GanlabError
 from ganlab.explain.guided import input_gradient
-from ganlab.explain.target import Target, check_inputs, check_model, eval_mode, target_scores
+from ganlab.explain.target import (Baseline, Target, baseline_like, check_baseline, check_inputs, check_model,
+                                   eval_mode, target_scores)
 
 
 def gauss_legendre(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,15 +38,12 @@ def gauss_legendre(steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class IntegratedGradients:
-    def __init__(self, model: nn.Module, steps: int = 32, baseline: float = 0.0, max_batch: int = 128) -> None:
+    def __init__(self, model: nn.Module, steps: int = 32, baseline: Baseline = 0.0, max_batch: int = 128) -> None:
         self.model = check_model("IntegratedGradients", model)
         for name, value in (("steps", steps), ("max_batch", max_batch)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise GanlabError(f"IntegratedGradients: {name} must be an integer >= 1, got {value!r}")
-        if not isinstance(baseline, (int, float)) or isinstance(baseline, bool) or not math.isfinite(baseline):
-            raise GanlabError(f"IntegratedGradients: baseline must be a finite number (one value for every pixel, "
-                              f"e.g. -1 for MNIST's background), got {baseline!r}")
-        self.steps, self.baseline, self.max_batch = steps, float(baseline), max_batch
+        self.steps, self.baseline, self.max_batch = steps, check_baseline("IntegratedGradients", baseline), max_batch
 
     def attribute(self, inputs: Tensor, target: Target = None) -> Tensor:
         owner = "IntegratedGradients"
@@ -55,13 +53,14 @@ class IntegratedGradients:
             target_scores(owner, self.model(x), target, n)
         points, weights = (torch.as_tensor(v, dtype=x.dtype, device=x.device) for v in gauss_legendre(self.steps))
         per_copy = target.to(x.device) if isinstance(target, Tensor) and target.dim() == 1 else None
-        delta = x - self.baseline
+        baseline = baseline_like(owner, self.baseline, x)
+        delta = x - baseline
         total = torch.zeros_like(x)  # sum_k weight_k * gradient at point k, per image
         copies = n * self.steps  # image-major: copy j is image j // steps at path point j % steps
         for start in range(0, copies, self.max_batch):
             index = torch.arange(start, min(start + self.max_batch, copies), device=x.device)
             image, step = index // self.steps, index % self.steps
-            path = self.baseline + points[step].view(-1, 1, 1, 1) * delta[image]
+            path = baseline[image] + points[step].view(-1, 1, 1, 1) * delta[image]
             grads = input_gradient(owner, self.model, path, target if per_copy is None else per_copy[image], None)
             total.index_add_(0, image, weights[step].view(-1, 1, 1, 1) * grads)
         return delta * total

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ganlab.errors import GanlabError
-from ganlab.explain.target import Target, check_inputs, check_model, eval_mode, target_scores
+from ganlab.explain.target import (Baseline, Target, baseline_like, check_baseline, check_inputs, check_model,
+                                   eval_mode, target_scores)
 
 # Bytes of activations per forward pass when max_batch_bytes is None. On a CPU, chunks beyond a few tens of
 # copies fall out of cache and get slower (benchmarks/explain.md); a GPU wants large batches.
@@ -42,16 +43,15 @@ def _pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
 
 class Occlusion:
     def __init__(self, model: nn.Module, window: int | tuple[int, int] = 8, stride: int | tuple[int, int] = 4,
-                 baseline: float | Tensor | str = 0.0, max_batch_bytes: int | None = None,
+                 baseline: Baseline = 0.0, max_batch_bytes: int | None = None,
                  max_batch: int | None = None) -> None:
         self.model = check_model("Occlusion", model)
         self.window, self.stride = _pair("window", window), _pair("stride", stride)
-        if isinstance(baseline, str) and baseline != "mean":
-            raise GanlabError(f"Occlusion: baseline must be a number, a tensor or 'mean', got {baseline!r}")
         if (max_batch_bytes is not None and max_batch_bytes < 1) or (max_batch is not None and max_batch < 1):
             raise GanlabError(f"Occlusion: max_batch_bytes and max_batch must be >= 1, got {max_batch_bytes}, "
                               f"{max_batch}")
-        self.baseline, self.max_batch_bytes, self.max_batch = baseline, max_batch_bytes, max_batch
+        self.baseline = check_baseline("Occlusion", baseline)
+        self.max_batch_bytes, self.max_batch = max_batch_bytes, max_batch
         self.chunk: int | None = None  # copies per forward pass of the last call, for benchmarks and tests
 
     def positions(self, size: tuple[int, int]) -> tuple[list[int], list[int]]:
@@ -87,13 +87,7 @@ class Occlusion:
         n, c, h, w = x.shape
         rows, cols = self.positions((h, w))
         per_image = len(rows) * len(cols)
-        baseline = (x.mean(dim=(2, 3), keepdim=True) if isinstance(self.baseline, str)
-                    else torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device))
-        try:
-            baseline = baseline.expand_as(x)
-        except RuntimeError:
-            raise GanlabError(f"Occlusion: baseline of shape {tuple(baseline.shape)} does not broadcast to the "
-                              f"inputs {tuple(x.shape)}") from None
+        baseline = baseline_like("Occlusion", self.baseline, x)
         per_copy_target = target.to(x.device) if isinstance(target, Tensor) and target.dim() == 1 else None
         with eval_mode(self.model), torch.no_grad():
             full = target_scores("Occlusion", self.model(x), target, n)

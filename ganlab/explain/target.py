@@ -13,6 +13,7 @@ depends on the other images in the batch) and restore every submodule's train/ev
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator, Union
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from ganlab.errors import GanlabError
 
 Target = Union[int, Tensor, None]
+Baseline = Union[float, Tensor, str]  # a value, a tensor broadcasting to the inputs, or "mean"
 
 
 def check_model(owner: str, model: object) -> nn.Module:
@@ -83,6 +85,29 @@ def probabilities(owner: str, outputs: Tensor, target: Target, batch: int) -> Te
     if outputs.dim() == 2 and outputs.shape[1] > 1:
         return target_scores(owner, outputs.softmax(dim=1), target, batch)
     return torch.sigmoid(target_scores(owner, outputs, target, batch))
+
+
+def check_baseline(owner: str, baseline: object) -> Baseline:
+    """A finite number, a tensor, or "mean"; anything else is refused when the method is built."""
+    if isinstance(baseline, Tensor) or baseline == "mean":
+        return baseline  # type: ignore[return-value]
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool) and math.isfinite(baseline):
+        return float(baseline)
+    raise GanlabError(f"{owner}: baseline must be a finite number (0 = mid-grey in [-1, 1], -1 MNIST's background), "
+                      f"a tensor or 'mean' (each image's own mean colour), got {baseline!r}")
+
+
+def baseline_like(owner: str, baseline: Baseline, x: Tensor) -> Tensor:
+    """The baseline image of each input, shaped like ``x``: "mean" fills it with the image's mean colour per
+    channel, an image-like fill (dark on MNIST, pink on PCam) where a mid-grey one would look like content."""
+    if isinstance(baseline, str):
+        return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+    value = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+    try:
+        return value.expand_as(x)
+    except RuntimeError:
+        raise GanlabError(f"{owner}: baseline of shape {tuple(value.shape)} does not broadcast to the inputs "
+                          f"{tuple(x.shape)}") from None
 
 
 @contextmanager
