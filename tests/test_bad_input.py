@@ -139,7 +139,8 @@ def test_multirun_with_multiprocess_ddp_is_refused_with_the_fix(tmp_path):
     assert not list((tmp_path / "outputs").rglob("run.yaml"))
 
 
-# --- The rest of issue 7's list, through the CLI: one line naming the file/key, exit != 0, earlier outputs kept.
+# --- The rest of the bad-input list (docs/bad-input.md), through the CLI: one line naming the file/key,
+# exit != 0, earlier outputs kept.
 # (The readers' own tests cover every HDF5/NIfTI variant in-process: tests/test_pcam.py, tests/test_mr_ct_data.py.)
 def _pcam_wrong_key(tmp_path):
     import h5py

@@ -1,4 +1,4 @@
-"""The sweep loop (issue 19): a 4-job sweep, `ganlab runs` listing it in order with its metrics, the HParams
+"""The sweep loop: a 4-job sweep, `ganlab runs` listing it in order with its metrics, the HParams
 data every job wrote into its TensorBoard events, and `ganlab sample run=<winner> truncation=0.7`.
 
 One tiny sweep (gan_gaussian, 8 steps, 16-unit nets) serves the whole file; the listing tests work on copies

@@ -1,4 +1,4 @@
-"""Values users type (issue 14, part 2): a bad one ends as one line naming the key (or file), the value and what
+"""Values users type: a bad one ends as one line naming the key (or file), the value and what
 is expected, exit 1, before anything runs: no run manifest, no samples, earlier outputs untouched."""
 
 from pathlib import Path
@@ -73,7 +73,7 @@ def _pcam_x_in_missing_external_file(tmp_path):
         f"{x_file}: 'x' is stored in the external file {raw}, which does not exist"]
 
 
-# The issue's list, through the real CLI: case -> (argv, fragments of the one line); a callable builds files first.
+# The values users get wrong, through the real CLI: case -> (argv, fragments of the one line); a callable builds files first.
 CASES = {
     "max_steps_abc": (GAUSSIAN + ["trainer.max_steps=abc"], ["trainer.max_steps=abc: expected an integer >= -1"]),
     "batch_size_0": (GAUSSIAN + ["data.batch_size=0"], ["data.batch_size=0: expected an integer >= 1"]),

@@ -1,4 +1,4 @@
-"""Failing writes and partial outputs (issue 14, part 3): a read-only outputs/, a full disk or a denied
+"""Failing writes and partial outputs: a read-only outputs/, a full disk or a denied
 permission is one line naming the path and the cause; `sample` never leaves a partial result; skipped
 inputs and runs are named; `name=` stays one folder under outputs/train/; the NaN stop tells the truth
 about checkpoints.

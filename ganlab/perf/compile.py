@@ -1,8 +1,8 @@
 """torch.compile for a model's networks, with a per-network fallback to eager when compiling fails.
 
 Why a probe: torch.compile works lazily, so a network whose forward compiles can still fail when its
-backward is compiled in the middle of a GAN step, after one optimizer has already stepped (the issue saw
-DCGAN's backward fail this way). So the first training step runs eagerly while forward pre-hooks record how
+backward is compiled in the middle of a GAN step, after one optimizer has already stepped (DCGAN's
+backward failed this way on an H100). So the first training step runs eagerly while forward pre-hooks record how
 each network is called: argument shapes, dtypes and requires_grad, grad mode, autocast, and which of its
 parameters train (toggled optimizers freeze D during G's step, and each of these is a separate compiled
 graph). After that step every distinct call is replayed through the compiled network, forward and backward,

@@ -1,7 +1,7 @@
 """A whole training step (both players' forward, backward and optimizer steps) replayed as one CUDA graph.
 
 Why: a small GAN (the lecture's MLP on 28x28, batch 64) launches ~100 tiny kernels per step and the GPU
-waits on Python: the issue measured 145 steps/s eager against 1,146 with the step captured. torch.compile's
+waits on Python: one H100 measured 145 steps/s eager against 1,146 with the step captured. torch.compile's
 reduce-overhead mode graphs each network separately and leaves the optimizers, losses and toggles in
 Python, so the whole step is captured here instead, as in PyTorch's "whole-network capture" recipe:
 the first `warmup` steps run eagerly on a side stream (they are real steps on real batches, and they create
