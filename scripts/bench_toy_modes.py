@@ -9,10 +9,13 @@ Children run with OMP_NUM_THREADS=1 (--threads), --jobs rows at a time: on a 2-c
 MLPs train several times faster on one thread each than on two competing ones.
 
 Usage (from the repo root, in the venv):
-    python scripts/bench_toy_modes.py --seeds 0 1 2 3 4 --jobs 2 --out benchmarks/toy_modes_run.md
+    python scripts/bench_toy_modes.py --seeds 0 1 2 3 4 --jobs 2 --out toy_modes_run.md
     python scripts/bench_toy_modes.py --only gan_ring8 gan_grid25 --variants default plain
     python scripts/bench_toy_modes.py --only pacgan_ring8 --steps 10000     # another budget
     python scripts/bench_toy_modes.py --quick                               # smoke run: 1 seed, 200 steps
+
+Recorded runs, each with its command: benchmarks/toy_modes.md, benchmarks/toy_modes_defaults_run.md and
+benchmarks/toy_modes_plain_run.md.
 """
 
 from __future__ import annotations

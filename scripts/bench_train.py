@@ -3,7 +3,7 @@
     python scripts/bench_train.py                                   # CPU: MLP GAN and DCGAN, eager fp32
     python scripts/bench_train.py --device cuda                     # GPU: every family, ganlab's GPU defaults
     python scripts/bench_train.py --device cuda --families cyclegan --variants eager-fp32-b1 default
-    python scripts/bench_train.py --json out.jsonl --out benchmarks/train_speed_gpu.md
+    python scripts/bench_train.py --json out.jsonl --out train_speed.md  # recorded: benchmarks/train_speed_h100.md
 
 Both sides build their networks from the same composed ganlab config (the experiment named per family), get
 the same synthetic batches already on the device (so the data pipeline is not timed here; see
