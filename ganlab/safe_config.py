@@ -1,15 +1,6 @@
 """Decide whether a config read from a run dir may be handed to Hydra's `instantiate`.
 
-A run's config.yaml is a file anyone can plant, and `instantiate` calls whatever `_target_` names. Hydra
-resolves a target by walking attributes through imported modules, so a spelling check is worthless:
-`ganlab.runs.torch.load` starts with `ganlab.` and is still `torch.load`. Here every target is resolved
-first, by the same walk Hydra does but refusing private names, and allowed only if the object it reaches
-*is* one of a fixed set: ganlab's own network, model, data, callback and explainer classes, and the torch
-and Lightning classes that configs use. Loaders and evaluators (torch.load, pickle, eval, os, subprocess,
-importlib, builtins) are in no such set, whatever path leads to them.
-
-`train` writes config.yaml resolved, so a run's file needs no interpolation: any `${` is refused before
-anything is resolved, as is any value YAML can carry but a config never holds (bytes from `!!binary`).
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

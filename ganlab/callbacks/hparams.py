@@ -1,18 +1,6 @@
 """TensorBoard HParams: each run logs the overrides that set it apart with its final and best validation metrics.
 
-`tensorboard --logdir outputs/train/<name>/multirun_<ts>` then shows a sweep as one table (HParams tab: one
-row per job, one column per swept key and per metric, plus parallel-coordinates and scatter views).
-
-- Hyperparameters: in a `-m` sweep, the keys the sweep varies (comma lists, `range(...)`, Optuna's
-  `hydra.sweeper.params`), read from the sweep's own arguments, with this job's values; in a single run, every
-  command-line override. Values are the resolved config's (`model.lr_g=2e-4` logs the float 0.0002);
-  group choices (`model=dcgan`, `+experiment=gan_ring8`) and lists log their override text.
-- Metrics: `final/<key>` for each final validation metric (run.yaml's `metrics`; every final metric when the
-  run has no validation), and `best/<key>` for each validation metric whose better direction is known
-  (`direction`), over all of the run's validations, the final one included.
-
-`train` writes this once, after the final validation; the same values go into run.yaml (`best_metrics`,
-`sweep`), where `ganlab runs` reads them.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,23 +1,6 @@
-r"""FID, KID, precision and recall of a GAN's samples at every validation, in a trained classifier's features.
+"""FID, KID, precision and recall of a GAN's samples at every validation, in a trained classifier's features.
 
-First train the feature classifier on the same data, then add the callback to a GAN run:
-
-    ganlab train +experiment=classifier_mnist
-    ganlab train +experiment=gan_mnist callbacks=image_metrics \
-        callbacks.image_metrics.feature_run=latest:classifier_mnist
-
-`callbacks=image_metrics` is callbacks/default plus this callback. An experiment file can instead add it
-next to its other callbacks:
-
-    callbacks:
-      image_metrics:
-        _target_: ganlab.callbacks.image_metrics.ImageQualityMetrics
-        feature_run: latest:classifier_mnist
-        log_dir: ${paths.log_dir}     # where `latest` looks
-
-Logged (TensorBoard, and the final values in run.yaml): val/fid, val/kid, val/precision, val/recall, and
-val/cond_acc for class-conditional generators (`pl_module.num_classes > 0`, `generate(z, y)`), plus
-val/fid_inception when `inception_weights=<local .pth>` is given (slow on a CPU: 299x299 inputs).
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """Stop (or skip the step) when a training loss becomes NaN/Inf, and never checkpoint a poisoned state.
 
-`policy: stop` watches the logged `train/*loss*` values. Each batch it folds `isfinite` into a small
-device tensor (the first bad step per loss term), which costs no host sync; the tensor is read every
-`check_every_n_steps` batches and before every checkpoint is written. A bad value raises a GanlabError
-naming the loss term and the step, so the run ends with one message and the checkpoint on disk is the
-last one written before the loss went bad (the save that would have held bad weights is refused).
-
-`policy: skip` looks at the gradients instead, just before each optimizer step (one host sync per step:
-the price of deciding): if any is non-finite, that optimizer's gradients are dropped (`grad = None`),
-so Adam/SGD leave those weights and their state untouched, and the skip is counted in
-`train/skipped_steps`. More than `max_skips` skipped steps in a row stops the run as above.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

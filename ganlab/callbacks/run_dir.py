@@ -1,17 +1,6 @@
 """A Hydra callback that gives every job its own run dir, even when two start in the same second.
 
-Hydra names the run dir after a timestamp and creates it with `exist_ok=True`, so two jobs started in
-the same second (a job array, a loop of `ganlab train &`) would share it and overwrite each other's
-config, manifest and checkpoints. Before Hydra makes the dir, this callback claims it with an atomic
-`mkdir` (fails if it exists) and, if it was taken, moves on to `<dir>_1`, `<dir>_2`, ... It also does
-this for a sweep's `multirun_<timestamp>` dir, and for a dir given explicitly (`hydra.run.dir=out/x` twice
-gives out/x and out/x_1: earlier outputs are never overwritten). Ranks > 0 of a DDP job, which Lightning
-starts with `hydra.run.dir=<rank 0's dir>`, use the dir as given.
-
-It runs before anything is written, so it also refuses a `name=` that is not one plain folder name, and
-turns a dir that cannot be made (read-only outputs/, a full disk, a file in the way) into the verb's one-line
-error. Hydra turns an exception raised in a callback into a warning and goes on, so these end the process
-here (SystemExit passes through Hydra).
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
 """Uniform mixtures of 2-D gaussians: the mode-collapse toys of Unrolled GAN, VEEGAN and PacGAN.
 
-`ring8` puts 8 modes on a circle of radius 2 (std 0.02), `grid25` a 5 x 5 grid at -4, -2, 0, 2, 4 (std
-0.05). Modes are tiny and far apart, so a generator that drops some is easy to see and to count
-(`ganlab.metrics.modes`). The centre layout is a config object (`centers: {_target_: ...ring_centers}`),
-so a new layout is a new function, not a new branch here.
-
-As in `ganlab.data.gaussian`, training batches are drawn on the fly from a seeded generator that
-advances every epoch (and resumes where it stopped); with `train_points` they come instead from one fixed
-draw of that many points, reshuffled each epoch (PacGAN's protocol: 100k training points). The validation
-set is a fixed draw from an independent seed. Labels are the index of the mode each point was drawn from.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

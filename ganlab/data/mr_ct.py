@@ -1,14 +1,6 @@
 """MR ("a") and CT ("b") head slices for pix2pix (paired) and CycleGAN (unpaired) MR-to-CT synthesis.
 
-`data.root` set: a SynthRAD2023 region folder `<root>/<patient>/{mr,ct,mask}.nii.gz` (labels.nii.gz
-optional), read and never written. `data.root` null: a synthetic paired phantom (`ganlab.data.phantom`) is
-generated once into `<cache_dir>/mr_ct_phantom_<params>/` and read through the same loader. Every patient is
-validated in the constructor, before a run dir exists; normalised volumes are cached as .npy in
-`<cache_dir>/mr_ct_cache/` and memory-mapped, so no NIfTI is decoded twice.
-`data.images` "a" or "b" serves one domain's slices as plain images {"image", "label": 0} instead (single-domain
-models such as ProGAN on CT); both splits then skip slices below `min_mask_fraction`, as nothing is re-stacked.
-
-Patients, never slices, are split into train and validation, so no anatomy leaks across the split.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
 """PatchCamelyon (PCam) from the official HDF5 files, or a generated stand-in in the same format.
 
-`data.root` set: read `camelyonpatch_level_2_split_{train,valid,test}_{x,y}.h5` from `<root>/` or from
-torchvision's `<root>/pcam/` (never downloaded; `scripts/prepare_pcam.py` unpacks the `.h5.gz` files).
-`data.root` null: `pcam_fixture` writes a small look-alike once under `data.cache_dir`, read the same way.
-Splits: train -> train, val -> valid (never training data), test -> test.
-
-Why not torchvision.datasets.PCAM: it opens both files for every sample. Here each worker opens the images
-once (lazily, again after a fork), labels are read once into memory, and a batch is read in sorted index
-order (`__getitems__`, which DataLoader calls with a batch's indices): contiguous uncompressed images as
-one fancy-index copy from a numpy memory map, chunked ones as one h5py slice per run of consecutive
-indices, or, for whole-image gzip chunks, as one inflate per needed chunk (`h5_chunks`, on a few threads
-as cores allow). Sorting only orders the reads inside a batch; which samples form a batch is the sampler's choice.
-Throughput against torchvision: benchmarks/data_pipeline.md.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """A small stand-in for PatchCamelyon, written in exactly the official file format.
 
-Why: tests and the offline default need PCam-shaped data without the 7 GB download. The files carry the
-official names, keys, shapes and dtypes (x: (N, 96, 96, 3) uint8 under "x", y: (N, 1, 1, 1) uint8 under
-"y"), so they go through the same loader as the real data and torchvision's PCAM reads them too.
-
-Texture: random 96x96 crops (flips, 90-degree rotations, stain jitter) of the real stained tissue shipped in
-scikit-image (`skimage.data.immunohistochemistry()`), separated into stain concentrations (`rgb2hed`) and
-re-rendered as H&E (its DAB stain drawn as eosin). Labels follow PCam's rule: a patch is positive iff its
-centre 32x32 region contains tumour tissue. Tumour is drawn as dense clusters of enlarged, dark,
-hematoxylin-rich nuclei: positives have a cluster inside the centre region; both classes may have such
-nuclei entirely outside it, so a classifier has to look at the centre. Labels are balanced per split.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

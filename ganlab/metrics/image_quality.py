@@ -1,18 +1,6 @@
 """Image-quality metrics of generated images that work offline, in a ganlab classifier's feature space.
 
-The standard FID/KID use Inception-v3 features of ImageNet photos; its weights are a download and its
-features say little about 28x28 digits or medical scans. Here the features are `net.embed` (global-average
-pooled conv maps) of a classifier trained with ganlab on the same kind of data
-(`ganlab train +experiment=classifier_mnist`), loaded from its run dir with the safe loader. Numbers are
-comparable only between evaluations that use the same feature run.
-
-- Fréchet distance and KID: torchmetrics' FrechetInceptionDistance / KernelInceptionDistance with the
-  classifier as their `feature` module.
-- Precision and recall (Kynkäänniemi et al. 2019): hand-written, torchmetrics has no such metric.
-- Conditional accuracy: how often the classifier names the class a conditional sample was generated for.
-- Inception FID: only from a weights file the user already has (`inception_fid`); nothing is downloaded.
-
-All functions take images in [-1, 1], (N, C, H, W), like everything else inside ganlab.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

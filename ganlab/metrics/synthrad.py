@@ -1,17 +1,6 @@
 """The SynthRAD2023 image metrics of a synthetic CT against the real one, per patient volume, in HU.
 
-Definitions follow the challenge's evaluation code (github.com/SynthRAD2023/metrics, image_metrics.py):
-
-- MAE: mean |CT - sCT| over the body-mask voxels, on unclipped HU.
-- PSNR: both volumes clipped to [-1024, 3000] HU, MSE over the mask voxels, data range 4024 HU.
-- SSIM: both clipped to [-1024, 3000], voxels outside the mask set to -1024, shifted by +1024 to be
-  non-negative (SSIM's luminance term is not shift-invariant, so this matters), 7-voxel uniform window
-  with K1=0.01, K2=0.03 and data range 4024 (skimage's defaults, which the challenge used), computed in 3-D;
-  the SSIM map is then averaged over the mask voxels at least 3 voxels from the volume border.
-  We compute the map with torchmetrics; it differs from skimage only in using the population rather than
-  the sample (N/(N-1)) covariance in each window, which moves SSIM by ~1e-4 (tests compare with skimage).
-  Volumes with fewer than 7 slices (e.g. a truncated validation) fall back to 2-D SSIM per slice.
-- MAE per tissue class (our addition, when labels exist): mean |CT - sCT| over the voxels of each class.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

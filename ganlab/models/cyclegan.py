@@ -1,16 +1,6 @@
 """CycleGAN (Zhu et al. 2017): unpaired translation a <-> b with two GANs tied by cycle consistency.
 
-    D step:  min_{D_b} L^D(D_b(b), D_b(pool_b(G_ab(a))))  +  min_{D_a} L^D(D_a(a), D_a(pool_a(G_ba(b))))
-    G step:  min_{G_ab, G_ba}  L^G(D_b(G_ab(a))) + L^G(D_a(G_ba(b)))                       (adversarial)
-               + lambda_cycle * (|G_ba(G_ab(a)) - a|_1 + |G_ab(G_ba(b)) - b|_1)            (cycle)
-               + lambda_identity * lambda_cycle * (|G_ab(b) - b|_1 + |G_ba(a) - a|_1)      (identity)
-
-L is LSGAN by default (the paper's choice; `ganlab.losses` writes G's term as 1/2 E[(D - 1)^2], half
-the reference implementation's MSE, so the adversarial term weighs half as much against lambda_cycle).
-D sees its fakes through an image pool of 50 (Shrivastava et al. 2017). The identity term keeps G_ab from
-changing an image already in domain b; it needs equal channel counts. Adam(2e-4, betas 0.5/0.999) with
-the learning rate constant, then linearly decayed to 0 from `decay_start` (fraction of the G steps) to
-the end; schedulers and pools are saved in checkpoints and restored on resume.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

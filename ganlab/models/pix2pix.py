@@ -1,14 +1,6 @@
 """pix2pix (Isola et al. 2017): paired image-to-image translation with a conditional GAN plus L1.
 
-    D step:  min_D  L_adv^D( D(a, b), D(a, G(a)) )
-    G step:  min_G  L_adv^G( D(a, G(a)) ) + lambda_l1 * |b - G(a)|_1
-
-D is conditioned on the input: it judges the pair cat(a, b) (real) against cat(a, G(a)) (fake), so it can
-punish a plausible CT that does not match this MR. The L1 term pulls G(a) towards the paired target and
-carries the low frequencies; the PatchGAN D sharpens texture. `loss` names an objective of
-`ganlab.losses` (nonsaturating as in the paper, or lsgan, hinge, ...). Needs paired data (a and b the same
-slice): an unpaired data module is refused in the constructor. Adam at lr_g / lr_d, constant (the paper), or
-linearly decayed to 0 after `decay_start` (a fraction of the G steps; the reference code's schedule).
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

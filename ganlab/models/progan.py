@@ -1,25 +1,6 @@
 """Progressive growing of GANs (Karras, Aila, Laine & Lehtinen 2018) as one LightningModule.
 
-The stage (resolution, fade alpha) is a pure function of one saved counter, ``images_seen``: the number of
-real images D has been shown (``ganlab.models.progan_schedule``). Each iteration: one D step, one G step,
-then the EMA generator follows G with a half-life counted in images (``ema_beta``). Loss: WGAN-GP plus the
-paper's drift term,
-
-    L_D = E[D(G(z))] - E[D(x)] + gp_lambda * E[(||grad D(x_hat)|| - 1)^2] + eps_drift * E[D(x)^2]
-    L_G = -E[D(G(z))]
-
-Real images: the data module serves the full size; each batch is cut to the stage's batch size (the data
-loader's batch must be at least the largest of ``batch_sizes``) and average-pooled to the current resolution.
-During a fade the reals are blended the same way G's output is, (1 - alpha) * upsample(avgpool(x)) + alpha * x,
-as in the authors' code, so D cannot tell the fading images apart by their blockiness alone.
-
-Resume: every block is built up front and every parameter sits in its optimizer from the first step; a block
-not yet (or no longer) used keeps ``.grad = None``, which Adam skips, so the optimizer state is one fixed
-structure that Lightning saves and restores. The checkpoint also carries ``images_seen`` (hence resolution
-and alpha) and the EMA weights. Randomness: torch's RNG is reseeded at every epoch start from (seed, images
-seen), and the checkpoint holds the torch CPU (and CUDA) RNG state. A run resumed from a checkpoint taken at
-an epoch boundary is bit-identical to one that never stopped; resumed mid-epoch, the noise stream continues
-but Lightning restarts the epoch's data with a new shuffle (a plain DataLoader has no position to restore).
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

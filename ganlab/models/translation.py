@@ -1,13 +1,6 @@
 """What pix2pix and CycleGAN share: `translate`, and validation as SynthRAD2023 scores it.
 
-Validation batches come paired, unshuffled, patient by patient ({"a", "b", "mask", "patient", "slice"} and
-optionally "tissue"). Each batch's synthetic CT is mapped to HU and kept per patient; at the end of the
-epoch the slices are stacked into one volume per held-out patient and put back on the patient's original
-voxel grid with the data module's `restack` (padding removed, so it neither counts as air nor moves SSIM's
-border), scored with `ganlab.metrics.synthrad` and averaged over patients: val/mae_hu, val/psnr, val/ssim and
-val/mae_<tissue>. That is what `ganlab sample` scores on the same patient. Where slices were larger than
-image_size, validation only sees the centre crop: the metrics then cover the body inside it. One fixed
-validation slice is drawn to TensorBoard as MR | synthetic CT | real CT | |error| at every validation.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

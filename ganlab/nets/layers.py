@@ -1,14 +1,5 @@
-"""Pieces every ganlab generator and discriminator shares: label conditioning, PacGAN packing, minibatch
-standard deviation and spectral normalization.
-
-The interface the GAN LightningModule relies on lives here too, as two small base classes:
-
-- a generator has ``latent_dim``, ``out_shape``, ``num_classes`` (0 = unconditional) and ``forward(z, y=None)``;
-- a discriminator has ``in_shape``, ``num_classes``, ``pack`` and ``forward(x, y=None)`` returning logits of
-  shape ``(N // pack,)``.
-
-Labels ``y`` are required exactly when ``num_classes > 0``; passing them to an unconditional network is an
-error too, so a mis-wired model fails on its first batch instead of silently ignoring the labels.
+"""Pieces every ganlab generator and discriminator shares: label conditioning, PacGAN packing, minibatch std,
+spectral norm, and the Generator/Discriminator interface. How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

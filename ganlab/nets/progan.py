@@ -1,16 +1,6 @@
 """ProGAN generator and discriminator (Karras, Aila, Laine & Lehtinen 2018), grown from 4x4 to the image size.
 
-Every resolution's block exists from the start; ``forward`` uses only the blocks up to the ``resolution`` it
-is asked for (G) or is given (D), so the trainer can keep all parameters in one optimizer and unused blocks
-simply get no gradient. A new block fades in: with ``alpha`` in [0, 1),
-
-    G(z) = (1 - alpha) * upsample(toRGB_old(h)) + alpha * toRGB_new(block_new(h))
-    D(x) = rest(((1 - alpha) * fromRGB_old(avgpool(x)) + alpha * block_new(fromRGB_new(x))))
-
-The paper's other ingredients: equalized learning rate (weights ~ N(0, 1), multiplied at every forward by
-He's constant gain / sqrt(fan_in), so Adam's per-parameter step sizes act on a common scale), pixelwise
-feature normalisation after every G convolution, leaky ReLU(0.2), nearest-neighbour up- and average-pooling
-downsampling, a linear G output, and a minibatch standard-deviation channel before D's last block.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

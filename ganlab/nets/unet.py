@@ -1,13 +1,6 @@
 """The pix2pix U-Net generator (Isola et al. 2017, "U-Net-256" at depth 8).
 
-An encoder of `depth` stride-2 convolutions (k4, s2, p1) halves the image down to size / 2**depth, a
-decoder of transposed convolutions doubles it back, and every decoder level also sees the encoder map of
-the same size (skip connections by concatenation): low-level structure such as body outline and edges
-passes straight from input to output, which is what makes it suit MR -> CT, where the anatomy is shared.
-
-Widths: base_width, 2x, 4x, then 8x for every deeper level. LeakyReLU(0.2) in the encoder, ReLU in the
-decoder, no norm on the outermost and innermost encoder layers, dropout (pix2pix's only noise source) on
-the 8x-wide decoder levels below the first one (three of them at depth 8), Tanh output in [-1, 1].
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """torch.compile for a model's networks, with a per-network fallback to eager when compiling fails.
 
-Why a probe: torch.compile works lazily, so a network whose forward compiles can still fail when its
-backward is compiled in the middle of a GAN step, after one optimizer has already stepped (DCGAN's
-backward failed this way on an H100). So the first training step runs eagerly while forward pre-hooks record how
-each network is called: argument shapes, dtypes and requires_grad, grad mode, autocast, and which of its
-parameters train (toggled optimizers freeze D during G's step, and each of these is a separate compiled
-graph). After that step every distinct call is replayed through the compiled network, forward and backward,
-on clones of the recorded inputs, with the network's buffers (BatchNorm statistics) and the RNG streams put
-back afterwards and gradients taken with autograd.grad (so no .grad is touched). Compile time is paid there;
-a network that fails stays eager, with one warning naming it and the error, and training goes on. A network
-with channels-last weights that fails is first retried with contiguous ones (inductor mispredicts the strides
-cuDNN returns for chains of transposed convs in channels-last, pytorch/pytorch#171622: DCGAN's generator on an
-H100), its optimizer state converted alike; if that fails too it goes back to channels-last, eager.
-
-Compiled code runs only in training mode: validation and sampling (eval mode, no grad) stay eager, so they
-neither recompile nor can fail to compile.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

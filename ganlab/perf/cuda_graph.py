@@ -1,17 +1,6 @@
 """A whole training step (both players' forward, backward and optimizer steps) replayed as one CUDA graph.
 
-Why: a small GAN (the lecture's MLP on 28x28, batch 64) launches ~100 tiny kernels per step and the GPU
-waits on Python: one H100 measured 145 steps/s eager against 1,146 with the step captured. torch.compile's
-reduce-overhead mode graphs each network separately and leaves the optimizers, losses and toggles in
-Python, so the whole step is captured here instead, as in PyTorch's "whole-network capture" recipe:
-the first `warmup` steps run eagerly on a side stream (they are real steps on real batches, and they create
-the optimizers' state), the next one is captured, and every later step copies its batch into the captured
-input tensors and replays the graph. Random draws inside the step (latents, dropout) advance per replay.
-
-Requirements, checked by the caller: CUDA, optimizers built with capturable=True, no Python branch on tensor
-values inside the step, the same batch shape every step (train loaders drop the ragged last batch; a batch
-of another shape runs eagerly), and nothing that reads `.grad` between steps (gradients live in the graph's
-memory pool).
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """`ganlab runs [PATH]`: one line per run dir, to compare a sweep at a glance and pick its winner.
 
-Each line: the run (its path under PATH), name, start time, status, steps, the overrides that differ across
-the listed runs, and the final validation metrics; in an Optuna sweep (run.yaml's `sweep.sweeper`) the best
-completed trial by `optimized_metric` is marked `*`. Only each run's run.yaml is read (with yaml's safe
-loader: nothing in it is instantiated or executed), so hundreds of runs list in well under a second.
-
-A dir that looks like a run but cannot be read is listed, never skipped and never fatal: `broken`, with
-why (no run.yaml: stopped before training began; a damaged run.yaml; no config.yaml). A `running` run whose
-process is gone from this machine (killed, or the machine rebooted) is listed as `killed`.
-
-This module imports neither torch nor ganlab.runs (which does), to start fast; the file names are its.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

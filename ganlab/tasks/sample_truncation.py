@@ -1,13 +1,6 @@
 """The truncation trick for `ganlab sample truncation=0.7` (Brock et al. 2019, BigGAN, section 3.1).
 
-Latent entries whose magnitude exceeds the threshold are redrawn, from the model's own `sample_z` with the
-same torch.Generator, until none does: z then follows a normal distribution truncated to [-t, t].
-Smaller t trades variety for fidelity (samples gather at the modes G renders best); t >= ~3 changes little.
-
-`truncation.png` shows the trade-off as a strip: one row per threshold (ascending, then "none"), the same
-starting z in every row, so a column is one latent seen at each threshold (entries already inside [-t, t]
-are kept, only the others are redrawn). Images: one image per column, columns cycling through the labels of
-a conditional run; 1-D and 2-D outputs: one histogram or scatter panel per threshold.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations
