@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from ganlab.errors import GanlabError
+
 RULES = ("guided", "deconvnet")
 
 
@@ -79,7 +81,7 @@ class ModifiedRectifiers(TorchFunctionMode):
     def __init__(self, rule: str) -> None:
         super().__init__()
         if rule not in RULES:
-            raise ValueError(f"ModifiedRectifiers: rule must be one of {RULES}, got {rule!r}")
+            raise GanlabError(f"ModifiedRectifiers: rule must be one of {RULES}, got {rule!r}")
         self.rule = rule
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:

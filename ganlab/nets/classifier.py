@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ganlab.errors import GanlabError
+
 MIN_SIZE = 8  # with the default strides an 8x8 input still ends as 2x2 maps (8 -> 4 -> 2 -> 2)
 # How a stride-2 stage halves the resolution. A strided 3x3 conv covers every other pixel twice, so every
 # backward pass (guided backprop, deconvnet) carries a 2-pixel checkerboard; a stride-1 conv followed by
@@ -87,14 +89,14 @@ class CNNClassifier(nn.Module):
                  coords: bool = False) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 2 or not widths or any(w < 1 for w in widths):
-            raise ValueError(f"CNNClassifier: need in_channels >= 1, num_classes >= 2 and positive widths, got "
+            raise GanlabError(f"CNNClassifier: need in_channels >= 1, num_classes >= 2 and positive widths, got "
                              f"in_channels={in_channels}, num_classes={num_classes}, widths={list(widths)}")
         if len(strides) != len(widths) or any(s not in (1, 2) for s in strides):
-            raise ValueError(f"CNNClassifier: strides needs one entry of 1 or 2 per width, got "
+            raise GanlabError(f"CNNClassifier: strides needs one entry of 1 or 2 per width, got "
                              f"widths={list(widths)}, strides={list(strides)}")
         modes = [downsample] * len(widths) if isinstance(downsample, str) else [str(d) for d in downsample]
         if len(modes) != len(widths) or any(m not in DOWNSAMPLING for m in modes):
-            raise ValueError(f"CNNClassifier: downsample must be one of {', '.join(DOWNSAMPLING)} or a list of "
+            raise GanlabError(f"CNNClassifier: downsample must be one of {', '.join(DOWNSAMPLING)} or a list of "
                              f"them, one per width; got {downsample!r} for widths={list(widths)}")
         self.in_channels, self.num_classes, self.coords = int(in_channels), int(num_classes), bool(coords)
         channels = [self.in_channels + 2 * self.coords, *(int(w) for w in widths)]
@@ -108,7 +110,7 @@ class CNNClassifier(nn.Module):
     def feature_maps(self, x: Tensor) -> Tensor:
         """The last conv block's activations A, (N, K, h, w): what class activation maps are made of."""
         if x.dim() != 4 or x.shape[1] != self.in_channels or min(x.shape[-2:]) < MIN_SIZE:
-            raise ValueError(f"CNNClassifier expects images (N, {self.in_channels}, H, W) with H, W >= {MIN_SIZE}, "
+            raise GanlabError(f"CNNClassifier expects images (N, {self.in_channels}, H, W) with H, W >= {MIN_SIZE}, "
                              f"got {tuple(x.shape)}")
         if self.coords:
             x = torch.cat([x, pixel_coordinates(x)], dim=1)
