@@ -1,10 +1,6 @@
 """Attribution maps for ganlab networks, with a uniform Captum-like API.
 
-Each method is built as ``Method(model, **options)`` and called as ``method.attribute(inputs, target)``:
-``inputs`` (N, C, H, W), ``target`` an int, a (N,) class tensor or None for one-output models (a GAN
-discriminator). Maps are on the input's H x W grid, on the inputs' device. ``METHODS`` lists them in the
-lecture's panel order (Selvaraju et al. 2017, fig. 1), then integrated gradients; ``SmoothGrad`` wraps any
-of them. Captum is the tests' reference, never imported here.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

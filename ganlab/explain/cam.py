@@ -1,13 +1,6 @@
 """Class activation maps: CAM (Zhou et al. 2016), Grad-CAM and guided Grad-CAM (Selvaraju et al. 2017).
 
-Maps made at a layer are upsampled to the input's H x W bilinearly (align_corners=False, as Captum's
-``LayerAttribution.interpolate``), so every method returns maps on the image grid.
-
-Grad-CAM's layer: a module name from ``model.named_modules()``; by default the model's ``cam_layer``
-attribute when it has one, else the *last module to return a 4-D (N, K, h, w) tensor* during the forward,
-i.e. the network's last spatial feature maps. For ``CNNClassifier`` that is ``features`` (the output of
-``feature_maps``, so CAM and Grad-CAM see the same maps); for the DCGAN discriminator it is the last
-LeakyReLU before the flatten. Networks without spatial maps (MLPs) get a GanlabError.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

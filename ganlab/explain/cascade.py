@@ -1,24 +1,6 @@
 """Cascading randomisation (Adebayo et al. 2018, "Sanity checks for saliency maps", figs. 2 and 4).
 
-The network's layers are randomised one after the other from the top (the logits) down to the first, each
-step keeping the earlier ones randomised, and each step's maps are compared with the trained network's, per
-image, by three similarities of |map| (summed over channels):
-
-- ``spearman``: rank correlation of |map| (the measure of the one-number check, ``randomisation_sanity``);
-- ``ssim``: structural similarity of |map| scaled to [0, 1] by ``normalize_map`` (what the figure shows);
-- ``hog``: Pearson correlation of the scaled maps' HOG descriptors (skimage's, as in the paper): agreement
-  of edge structure regardless of intensity.
-
-A method that explains the model loses similarity as soon as the top layer is randomised (gradients and
-Grad-CAM in the paper); one that mostly reconstructs the image stays similar far down the cascade (guided
-backprop and guided Grad-CAM in the paper).
-
-Steps: one per module that owns a weight of dim >= 2 (conv, linear, embedding), in the order one forward
-pass of the real inputs reaches them (hooks; so a module the forward never calls, e.g. a ProGAN D's inactive
-from_rgb, is no step). A module whose parameters are all 1-D (BatchNorm's affine, a bias-only layer) is
-randomised together with the weighted module before it, as Adebayo et al. randomise a conv with its BN;
-such modules before the first weighted one form their own step. For a CNNClassifier that is
-features.0.0 (+ features.0.1, its BN), features.1.0 (+ features.1.1), ..., head; randomised head first.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""Is a map faithful to the model? Deletion/insertion (Petsiuk et al. 2018), ROAD (Rong et al. 2022), the
-randomisation sanity check (Adebayo et al. 2018; the per-layer cascade is in ``cascade.py``), attribution
-mass inside a known region, and a display normalisation.
+"""Is a map faithful to the model? Deletion/insertion, ROAD, the randomisation sanity check, mass in a region.
 
-All scores work per image and return (N,) tensors.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
-"""Pictures of attribution maps: the lecture's comparison panel, one figure per method, and the cascading
-randomisation's maps and similarity curves (Adebayo et al. 2018); headless.
+"""Pictures of attribution maps (headless): the lecture's panel, one figure per method, the cascade's maps and curves.
 
-The panel has one row per (image, target class) and the columns original | guided backprop | Grad-CAM |
-guided Grad-CAM | occlusion | CAM | deconvnet (Selvaraju et al. 2017, fig. 1), then integrated gradients.
-Coarse class maps (CAM, Grad-CAM, occlusion) are drawn over the image with a colour map and some
-transparency; a grey image stays grey underneath, so the heat map is the only colour. Gradient maps (guided
-backprop, deconvnet, guided Grad-CAM, integrated gradients) are images in their own right: signed values
-around mid-grey (or per-channel colour for RGB).
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

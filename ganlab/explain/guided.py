@@ -1,10 +1,6 @@
-"""Gradient maps with modified rectifiers: guided backprop (Springenberg et al. 2015) and deconvnet
-(Zeiler & Fergus 2014), (N, C, H, W) like the input.
+"""Guided backprop (Springenberg et al. 2015) and deconvnet (Zeiler & Fergus 2014): input gradients, modified relus.
 
-Both are the gradient of the target score with respect to the input pixels, except that every rectifier
-the network calls (nn.ReLU, F.relu, torch.relu, x.relu_(), nn.LeakyReLU, F.leaky_relu) back-propagates
-with the rule of ``ganlab.explain.rectifiers``. The parameters' ``.grad`` are never written
-(``torch.autograd.grad`` w.r.t. the input only) and the model's train/eval flags are restored.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

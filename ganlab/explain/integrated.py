@@ -1,21 +1,6 @@
-"""Integrated gradients (Sundararajan et al. 2017): the input gradient averaged along the straight path from a
-baseline image to the input, times (input - baseline); (N, C, H, W).
+"""Integrated gradients (Sundararajan et al. 2017): input gradients along a path from a baseline, times (x - b).
 
-    IG(x) = (x - b) * integral_0^1 d score / d x (b + a (x - b)) da
-
-Unlike one gradient it satisfies *completeness*: a map sums to score(x) - score(b), so it says how much each
-pixel moved the score away from the baseline's, and it does not vanish where the network saturates.
-
-The integral is a ``steps``-point Gauss-Legendre rule on [0, 1]: exact for integrands that are polynomials of
-degree < 2 steps (a linear model's constant gradient with one point), and Captum's default
-(``captum.attr.IntegratedGradients(method="gausslegendre", n_steps=steps)`` gives the same numbers). A ReLU
-network's gradient is piecewise constant along the path, so there the error falls only as ~1/steps: raise
-``steps`` when ``sum(map) - (score(x) - score(b))`` matters. The ``N x steps`` path images go through the
-network ``max_batch`` at a time, so memory stays bounded whatever ``steps`` is.
-
-``baseline``: one value for every pixel (0 is mid-grey for images in [-1, 1]; -1 is MNIST's black
-background, the usual "absence of signal" there), a tensor, or "mean": each image's own mean colour, the
-"absence of signal" of a tissue patch, whose mid-grey would read as nuclei.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

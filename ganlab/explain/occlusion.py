@@ -1,20 +1,6 @@
-"""Occlusion (Zeiler & Fergus 2014): slide a baseline-filled window over the image and record how much the
-target score drops; (N, 1, H, W).
+"""Occlusion (Zeiler & Fergus 2014): how much the target score drops when a baseline-filled window hides a pixel.
 
-Windows start at 0, stride, 2 stride, ... up to the last one that reaches the border (clipped there), as in
-Captum; a pixel's attribution is score(image) - score(occluded image) averaged over the windows that cover
-it. ``baseline="mean"`` fills the window with each image's own mean colour: a fill that looks like the
-image (MNIST's near-black background, PCam's pink tissue) rather than mid-grey, which on a pathology patch
-reads as a dark nucleus and on a digit as a stroke. The window covers *all channels at once* (occluding one colour channel of a pathology patch is not a
-meaningful perturbation), so the map has one channel: Captum's ``Occlusion`` with a (C, h, w) window and a
-(C, sh, sw) stride gives the same numbers repeated over its C channels.
-
-Many occluded copies go through the network per forward pass. The chunk size comes from a memory budget,
-``max_batch_bytes`` (default: 64 MiB on CPU, 1 GiB on CUDA), divided by the bytes one copy costs (its input
-plus every leaf module's output for one image, measured by a probe forward pass), optionally capped by
-``max_batch``. Images of a batch are mixed
-in a chunk (eval mode makes them independent), so results do not depend on the chunk size beyond
-floating-point summation order.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

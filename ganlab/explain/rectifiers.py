@@ -1,24 +1,6 @@
 """Rectifiers with a modified backward pass, for guided backprop and deconvnet, on every relu a net calls.
 
-Captum rewrites gradients with backward hooks on ``nn.ReLU`` modules, so a network that calls ``F.relu``,
-``torch.relu``, ``x.relu_()`` or uses ``nn.LeakyReLU`` (every ganlab discriminator) is silently explained
-with plain gradients there. Here a ``TorchFunctionMode``, active only during the forward pass, routes each
-rectifier call through an autograd Function whose forward is the very same op (bit-identical outputs) and
-whose backward follows the chosen rule. Nothing is attached to the model, so nothing can be left behind.
-
-Rules, with g the gradient arriving from above, x the forward input and f(x) = x if x > 0 else a * x
-(a = 0 for ReLU, ``negative_slope`` for LeakyReLU):
-
-- ``guided`` (Springenberg et al. 2015): grad_in = f'(x) * max(g, 0). Backprop (f'(x)) with the negative
-  signals from above discarded. For ReLU this is 1[x > 0] 1[g > 0] g, Captum's rule; for LeakyReLU the
-  negative side keeps its slope a, because that is the derivative the network really has there: the
-  "guidance" removes only negative top-down signals, it does not pretend the unit is a ReLU.
-- ``deconvnet`` (Zeiler & Fergus 2014): grad_in = f(g), the backward signal passed through the network's
-  own nonlinearity, ignoring x. For ReLU this is max(g, 0), Captum's rule; for LeakyReLU it is
-  leaky(g) = g if g > 0 else a * g, for the same reason Zeiler & Fergus apply a ReLU: the reconstruction
-  goes through the unit's rectifier, and this unit's rectifier is leaky.
-
-Other activations (ELU, GELU, SiLU, ...) keep their ordinary gradient.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

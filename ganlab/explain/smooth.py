@@ -1,14 +1,6 @@
 """SmoothGrad (Smilkov et al. 2017) for any method: the mean of a method's maps over noisy copies of the input.
 
-Gradient maps flicker from pixel to pixel because a ReLU network's gradient is only piecewise constant;
-averaging over ``samples`` copies with Gaussian noise of std ``sigma * (max - min)`` of each image (the
-paper's noise level, 10-20% of the value range) keeps what is stable in a neighbourhood of the image. Any
-method can be wrapped (occlusion, CAM: their maps are averaged the same way), and the result has the
-wrapped method's shape.
-
-The noise is drawn on the CPU from ``seed`` (so the maps are the same on every device and every call) as
-``samples`` (C, H, W) draws shared by all images of the batch: an image's map depends on that image only,
-not on which other images (or how many) are explained with it. A constant image gets no noise.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

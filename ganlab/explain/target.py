@@ -1,14 +1,6 @@
 """What every attribution method shares: checking (model, inputs, target) and reading the target's score.
 
-A *target* picks one number per image out of the model's output, the score the maps explain:
-
-- an ``int``: the same class for every image, from logits (N, K);
-- a (N,) integer tensor: one class per image (a batch of different labels);
-- ``None``: only for models with one output per image, (N,) or (N, 1), e.g. a GAN discriminator's
-  realness logit; the score is that output (``0`` is accepted too, as Captum spells it).
-
-Methods run the model in eval mode (so BatchNorm uses its running statistics and one image's map never
-depends on the other images in the batch) and restore every submodule's train/eval flag afterwards.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
-"""`ganlab explain`: attribution maps for a trained classifier, or a GAN's discriminator, into
-<run>/explain/<timestamp>/.
+"""`ganlab explain`: attribution maps of a trained classifier or a GAN's discriminator, into <run>/explain/<timestamp>/.
 
-What is explained is a score: a classifier's logit of a target class (the predicted one, or each of
-`targets=`, one panel row per image and class as in the lecture's "Cat" / "Dog" rows), or a discriminator's
-realness logit. Images come from the run's own datamodule (`split=`, `indices=`), from PNG/JPEG files
-(`images=`), or from the run's generator (`source=generated`). Methods are the `explainers` config group;
-writes panel.png (plus <method>.png for a single method), maps.pt and the explain.yaml manifest (with
-faithfulness scores for `evaluate=true`, and the cascading randomisation test's cascade.png and
-cascade_curves.png for `sanity=cascade`).
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

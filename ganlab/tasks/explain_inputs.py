@@ -1,7 +1,6 @@
 """The images `ganlab explain` explains: dataset samples, image files, or a GAN's own samples.
 
-All three come back as one `Inputs`: float images in [-1, 1], (N, C, H, W) on the CPU, with the true (or
-conditioning) labels when known and a short name per image for the panel's row labels.
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations

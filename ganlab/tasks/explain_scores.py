@@ -1,22 +1,6 @@
 """`ganlab explain evaluate=true` and `sanity=cascade`: how faithful each method's maps are.
 
-`evaluate=true`, means over the explained rows:
-- deletion / insertion AUC (Petsiuk et al. 2018): the target's probability as the most-attributed pixels are
-  removed (low is good) or added back (high is good), the removed pixels set to a constant;
-- road_morf / road_lerf (ROAD, Rong et al. 2022): the same with the removed pixels filled in from their
-  neighbours (noisy linear imputation), so that the fill's out-of-distribution value does not tell the model
-  where pixels were removed; mean probability over 10..90% removed, most (MoRF, low is good) or least
-  (LeRF, high is good) attributed first;
-- randomisation sanity check (Adebayo et al. 2018, `sanity=single`): similarity of the maps before and
-  after all the network's weights are randomised (low is good: a map that survives randomisation does not
-  explain the model);
-- checkerboard: the maps' share of variance at the 2-pixel period over the images' own (ganlab.explain.artifacts;
-  ~1 is image-like, an edge map of MNIST digits ~8, a strided-convolution checkerboard 50-800; even H, W only);
-- on PCam only: the share of positive attribution inside the centre 32x32 box, where the label is decided.
-
-`sanity=cascade` (with or without `evaluate=true`, replacing the one-number check): the cascading
-randomisation of ganlab.explain.cascade, layer by layer from the top, summarised per layer in explain.yaml
-and drawn in cascade.png (maps) and cascade_curves.png (Spearman, SSIM and HOG similarity per layer).
+How it works and why: docs/design-notes.md (Module notes).
 """
 
 from __future__ import annotations
