@@ -46,7 +46,7 @@ class Classifier(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         optimizer = self.optimizer_factory(self.net.parameters(), lr=self.hparams.lr)
-        steps = self.trainer.max_steps if self._trainer is not None else -1
+        steps = self.trainer.max_steps  # Lightning calls this with its trainer attached
         if self.hparams.schedule == "constant" or steps is None or steps < 1:  # no step budget: nothing to decay over
             return optimizer
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
