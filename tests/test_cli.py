@@ -51,6 +51,10 @@ def test_train_then_sample(experiment, tmp_path, data_dir):
     assert {"train/loss_d", "train/loss_g"} <= set(tags["scalars"])
     assert {"train/D(x)", "train/D(G(z))"} <= set(tags["scalars"]) or "train/D_score(x)" in tags["scalars"]
     conditional = resolved["model"]["generator"].get("num_classes", 0) > 0
+    if resolved["data"]["_target_"] == "ganlab.data.mnist.MNISTDataModule":  # image metrics with no extra step
+        image_metrics = {"val/fid", "val/kid", "val/precision", "val/recall", *(["val/cond_acc"] * conditional)}
+        assert image_metrics <= set(info["metrics"]) and image_metrics <= set(tags["scalars"])
+        assert 0 < info["metrics"]["val/fid"] and 0 <= info["metrics"]["val/precision"] <= 1
     proc = run_ganlab("sample", "run=latest", "n=6", cwd=tmp_path)
     (out,) = (run_dir / "samples").iterdir()
     assert str(out) in proc.stdout

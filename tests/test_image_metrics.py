@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from pathlib import Path
 
@@ -17,16 +18,13 @@ from omegaconf import OmegaConf
 from test_classifier import SIZE, CentreDataModule, balanced, centre_images, tiny_trainer
 from torch import Tensor, nn
 
+from conftest import manifest, run_dirs, run_ganlab, tiny_overrides
+from ganlab import feature_nets
 from ganlab.callbacks.image_metrics import ImageQualityMetrics
+from ganlab.data.mnist import MNISTDataModule
 from ganlab.errors import GanlabError
-from ganlab.metrics.image_quality import (
-    ClassifierFeatures,
-    ImageQuality,
-    inception_fid,
-    knn_radii,
-    load_classifier_features,
-    precision_recall,
-)
+from ganlab.feature_nets import load_classifier_features, load_feature_net, packaged_weights
+from ganlab.metrics.image_quality import ClassifierFeatures, ImageQuality, inception_fid, knn_radii, precision_recall
 from ganlab.models.classifier import Classifier
 from ganlab.nets.classifier import CNNClassifier
 from ganlab.runs import update_manifest, write_yaml_atomic
@@ -327,3 +325,159 @@ def test_callback_on_an_unconditional_generator(classifier_run) -> None:
     assert {"val/fid", "val/kid", "val/precision", "val/recall"} <= set(metrics)
     assert "val/cond_acc" not in metrics
     assert metrics["val/precision"] > 0.8 and metrics["val/recall"] > 0.8
+
+
+# --- the MNIST feature net shipped with ganlab (feature_net=mnist) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def held_out_digits(data_dir) -> tuple[Tensor, Tensor, Tensor]:
+    """The embedded MNIST's held-out t10k digits in [-1, 1], their labels, and 500 training digits."""
+    data = MNISTDataModule(root=None, cache_dir=str(data_dir))
+    data.setup()
+    held, train = data.datasets["val"], data.datasets["train"]
+    return held.images.float() / 127.5 - 1, held.labels, train.images[:500].float() / 127.5 - 1
+
+
+def test_packaged_mnist_net_loads_with_weights_only_and_reproduces_its_held_out_accuracy(held_out_digits) -> None:
+    path = packaged_weights("mnist")
+    assert path.is_file() and path.stat().st_size < 1.5e6
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    assert saved["dtype"] == "float16" and saved["seed"] == 0 and saved["training_steps"] > 0
+    assert all(v.dtype == torch.float16 for v in saved["state_dict"].values() if v.is_floating_point())
+    features = load_feature_net("mnist")
+    assert features.image_size == 28 and next(features.net.parameters()).dtype == torch.float32
+    images, labels, _ = held_out_digits
+    assert len(labels) == saved["held_out_digits"] == 500  # all of the embedded held-out split
+    accuracy = (features.logits(images).argmax(1) == labels).double().mean().item()
+    assert abs(accuracy - saved["held_out_accuracy"]) <= 0.005 and accuracy > 0.97
+
+
+def test_packaged_mnist_net_separates_real_digits_from_noise(held_out_digits) -> None:
+    """benchmarks/feature_net_mnist.md's first and last rows: FID 0.68 for real vs real, 2348 for noise."""
+    images, _, train = held_out_digits
+    quality = ImageQuality(load_feature_net("mnist"), kid_subsets=10)
+    quality.update(images, real=True)
+    quality.update(train, real=False)
+    real = quality.compute()
+    quality.reset()
+    quality.update(torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1, real=False)
+    noise = quality.compute()
+    assert real["fid"] < 2 and real["precision"] > 0.8 and real["recall"] > 0.8
+    assert noise["fid"] > 500 * real["fid"] and noise["precision"] == noise["recall"] == 0.0
+
+
+def test_missing_or_corrupt_weights_file_is_one_error_naming_it(tmp_path, monkeypatch) -> None:
+    packaged = packaged_weights("mnist")
+    good = packaged.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(good[: len(good) // 2])
+    (tmp_path / "garbage.pt").write_bytes(b"not a torch file")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    torch.save({"state_dict": {}, "net_kwargs": {}, "where": Path("x")}, tmp_path / "pickled_object.pt")
+    saved = torch.load(packaged, weights_only=True)
+    torch.save({**saved, "net_kwargs": {**saved["net_kwargs"], "widths": [8, 8, 8, 8]}}, tmp_path / "other_net.pt")
+    torch.save({**saved, "net_kwargs": {**saved["net_kwargs"], "evil": 1}}, tmp_path / "unknown_kwarg.pt")
+    cases = {
+        "missing.pt": "feature-net weights file not found",
+        "truncated.pt": "not a readable feature-net weights file",
+        "garbage.pt": "not a readable feature-net weights file",
+        "pickled_object.pt": "not a readable feature-net weights file (WeightsUnpickler error",
+        "foreign.pt": "not a feature-net weights file (expected a dict with 'state_dict' and 'net_kwargs')",
+        "other_net.pt": "weights do not fit ganlab.nets.classifier.CNNClassifier",
+        "unknown_kwarg.pt": "weights do not fit ganlab.nets.classifier.CNNClassifier (unknown net_kwargs evil)",
+    }
+    for name, message in cases.items():
+        path = tmp_path / name
+        with pytest.raises(GanlabError) as err:
+            ImageQualityMetrics(feature_net=str(path))
+        assert str(err.value).startswith(f"{path}: {message}") and "\n" not in str(err.value), name
+        assert "scripts/train_feature_net.py" in str(err.value)
+    # The packaged name behind a broken install names the file it looked for.
+    monkeypatch.setattr(feature_nets, "WEIGHTS_DIR", tmp_path / "site-packages" / "weights")
+    with pytest.raises(GanlabError, match=re.escape(f"{tmp_path / 'site-packages' / 'weights' / packaged.name}: "
+                                                    "feature-net weights file not found")):
+        ImageQualityMetrics(feature_net="mnist")
+    with pytest.raises(GanlabError, match="feature_net=cifar10: expected one of mnist"):
+        ImageQualityMetrics(feature_net="cifar10")
+    with pytest.raises(GanlabError, match="no feature space; give feature_run=.* or feature_net=mnist"):
+        ImageQualityMetrics()
+
+
+def test_feature_run_wins_over_feature_net(classifier_run) -> None:
+    callback = ImageQualityMetrics(feature_run=str(classifier_run), feature_net="mnist")
+    assert callback.quality.features.source == f"feature_run={classifier_run}"
+    assert ImageQualityMetrics(feature_net="mnist").quality.features.source.startswith("feature_net=mnist (")
+
+
+@pytest.mark.parametrize("experiment", [None, "cgan_mnist"])
+def test_default_mnist_runs_write_image_metrics_without_a_step(experiment, tmp_path, data_dir) -> None:
+    """`ganlab train` (the MLP GAN) and the cGAN: val/fid, val/kid, val/precision, val/recall (and val/cond_acc)
+    in run.yaml from the packaged net; +debug=fast compares 200 held-out digits with 200 samples."""
+    name = experiment or "gan_mnist"
+    run_ganlab("train", *([f"+experiment={experiment}"] if experiment else []), *tiny_overrides(name),
+               f"paths.data_dir={data_dir}", "logger=none", cwd=tmp_path)
+    (run_dir,) = run_dirs(tmp_path, name)
+    metrics = manifest(run_dir)["metrics"]
+    assert 0 < metrics["val/fid"] < 1e6 and math.isfinite(metrics["val/kid"])
+    assert 0 <= metrics["val/precision"] <= 1 and 0 <= metrics["val/recall"] <= 1
+    if experiment == "cgan_mnist":
+        assert 0 <= metrics["val/cond_acc"] <= 1
+    else:
+        assert "val/cond_acc" not in metrics
+    assert manifest(run_dir)["best_metrics"]["val/fid"] <= metrics["val/fid"]
+
+
+def test_a_broken_feature_net_stops_train_with_one_line(tmp_path, data_dir) -> None:
+    bad = tmp_path / "weights.pt"
+    bad.write_bytes(b"truncated")
+    proc = run_ganlab("train", *tiny_overrides("gan_mnist"), f"paths.data_dir={data_dir}", "logger=none",
+                      f"callbacks.image_metrics.feature_net={bad}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{bad}: not a readable feature-net weights file" in proc.stderr
+
+
+def test_every_n_steps_spaces_the_evaluations_and_the_final_validate_always_runs(classifier_run) -> None:
+    evaluated = []
+
+    class Recording(ImageQualityMetrics):
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            if self.due(trainer):
+                evaluated.append((trainer.state.fn.value, trainer.global_step))
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    callback = Recording(feature_run=str(classifier_run), num_samples=40, batch_size=16, kid_subsets=2,
+                         every_n_steps=4)
+    data = CentreDataModule(balanced(64), balanced(40), batch_size=32)  # 2 steps per epoch: validates every 2
+    model = ToyGenerator()
+    trainer = tiny_trainer(10, callbacks=[callback], limit_val_batches=1)
+    trainer.fit(model, datamodule=data)
+    trainer.validate(model, datamodule=data, verbose=False)
+    assert evaluated == [("fit", 4), ("fit", 8), ("validate", 10)]
+    assert "val/fid" in trainer.callback_metrics
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(GanlabError, match=f"every_n_steps={bad}: expected an integer >= 1 or null"):
+            ImageQualityMetrics(feature_net="mnist", every_n_steps=bad)
+
+
+def test_the_evaluation_leaves_the_global_rng_alone(classifier_run) -> None:
+    states = []
+
+    class Recording(ImageQualityMetrics):
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            before = torch.get_rng_state()
+            super().on_validation_epoch_end(trainer, pl_module)
+            states.append(torch.equal(before, torch.get_rng_state()))
+
+    callback = Recording(feature_run=str(classifier_run), num_samples=40, batch_size=16, kid_subsets=2)
+    trainer = tiny_trainer(4, callbacks=[callback], limit_val_batches=1)
+    trainer.fit(ToyGenerator(), datamodule=CentreDataModule(balanced(64), balanced(40), batch_size=32))
+    assert states == [True, True] and "val/fid" in trainer.callback_metrics  # the first one reads the reals too
+
+
+def test_building_the_metrics_leaves_the_global_rng_alone(classifier_run) -> None:
+    """A run with the metrics trains exactly as one without (CNNClassifier's random init is never drawn from
+    training's RNG stream)."""
+    before = torch.get_rng_state()
+    load_feature_net("mnist")
+    load_classifier_features(classifier_run)
+    ImageQualityMetrics(feature_net="mnist")
+    assert torch.equal(before, torch.get_rng_state())

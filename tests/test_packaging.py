@@ -4,10 +4,12 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
+WEIGHTS = "ganlab/metrics/weights/mnist_classifier.pt"  # feature_net=mnist
 
 
 def test_wheel_ships_configs_and_runs_outside_the_checkout(tmp_path):
@@ -20,6 +22,7 @@ def test_wheel_ships_configs_and_runs_outside_the_checkout(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "ganlab/configs/__init__.py" in names
     assert "ganlab/configs/train.yaml" in names and "ganlab/configs/experiment/gan_mnist.yaml" in names
+    assert WEIGHTS in names and "ganlab/configs/image_metrics/mnist_gan.yaml" in names
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True,
                    capture_output=True)
 
@@ -31,6 +34,19 @@ def test_wheel_ships_configs_and_runs_outside_the_checkout(tmp_path):
                           cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "_target_: ganlab.models.gan.GAN" in proc.stdout and "hidden:\n    - 256" in proc.stdout
+    assert "feature_net: mnist" in proc.stdout  # the default MNIST GAN's image metrics
+    net = subprocess.run([sys.executable, "-c", "from ganlab.feature_nets import load_feature_net; "
+                          "print(load_feature_net('mnist').source)"], cwd=cwd, env=env, capture_output=True,
+                         text=True)
+    assert net.returncode == 0 and str(target / WEIGHTS) in net.stdout, net.stderr
+
+
+def test_sdist_ships_the_feature_net_weights(tmp_path):
+    build = "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))"
+    subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=ROOT, check=True, capture_output=True)
+    (sdist,) = tmp_path.glob("ganlab-*.tar.gz")
+    names = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
+    assert WEIGHTS in names and "ganlab/configs/image_metrics/mnist.yaml" in names
 
 
 # A path under benchmarks/ or docs/ as prose and comments cite it (not part of a URL or a longer path).

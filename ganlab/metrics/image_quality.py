@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -20,8 +19,6 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.utilities import dim_zero_cat
 
 from ganlab.errors import GanlabError
-from ganlab.models.classifier import Classifier
-from ganlab.runs import load_model, resolve_run
 
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
@@ -68,22 +65,6 @@ class ClassifierFeatures(nn.Module):
     def logits(self, images: Tensor) -> Tensor:
         """Class logits of images in [-1, 1] (ganlab's range, not torchmetrics')."""
         return self.net(self.prepare(images))
-
-
-def load_classifier_features(run: str | os.PathLike, log_dir: str | os.PathLike = "outputs",
-                             device: str | torch.device = "cpu") -> ClassifierFeatures:
-    """The feature extractor of a classifier run (`latest:classifier_mnist`, a run dir or a .ckpt)."""
-    try:
-        ref = resolve_run(run, log_dir)
-        model, cfg = load_model(ref, device)
-    except GanlabError as err:
-        raise GanlabError(f"feature_run={run}: {err}") from None
-    net = getattr(model, "net", None)
-    if not isinstance(model, Classifier) or not callable(getattr(net, "embed", None)):
-        raise GanlabError(f"feature_run={run}: {ref.run_dir} trains {OmegaConf.select(cfg, 'model._target_')}, "
-                          "expected a classifier run (ganlab.models.classifier.Classifier with a net that has "
-                          "`embed`), e.g. from `ganlab train +experiment=classifier_mnist`")
-    return ClassifierFeatures(net, OmegaConf.select(cfg, "data.image_size"), source=f"feature_run={ref.run_dir}")
 
 
 def _distances(a: Tensor, b: Tensor) -> Tensor:
