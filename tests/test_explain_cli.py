@@ -115,6 +115,19 @@ def test_all_methods_two_targets_evaluated(classifier_run, val_images):
         assert scores["checkerboard"] >= 0, name  # 28x28: an even grid, so the 2-pixel share is defined
 
 
+def test_pcam_scores_the_label_box_the_data_declares(tmp_path_factory, data_dir):
+    """PCam's datamodule declares the centre box that decides its label; evaluate=true reports the share of
+    attribution inside it, recomputed here by hand from the saved maps."""
+    _, run_dir = _train(tmp_path_factory, data_dir, "classifier_pcam")
+    # guided backprop: a tiny, briefly trained net's Grad-CAM may be blank (no mass to share)
+    out = _explain_in_process(run_dir, "method=guided_backprop", "indices=[0,1]", "evaluate=true",
+                              f"output={tmp_path_factory.mktemp('pcam_explain')}")
+    scores = yaml.safe_load((out / "explain.yaml").read_text())["evaluation"]["guided_backprop"]
+    positive = torch.load(out / "maps.pt", weights_only=True)["maps"]["guided_backprop"].sum(1).clamp(min=0)
+    inside = positive[:, 32:64, 32:64].flatten(1).sum(1) / positive.flatten(1).sum(1)
+    assert scores["centre_mass"] == pytest.approx(float(inside.nanmean()), abs=1e-3)
+
+
 def test_image_file_predicted_class(classifier_run, val_images, tmp_path):
     cwd, run_dir = classifier_run
     digit = val_images[0]["image"]

@@ -252,3 +252,13 @@ def test_prepare_script_decompresses_and_verifies_md5(tmp_path, fixtures):
     md5 = hashlib.md5((tmp_path / f"{name}.gz").read_bytes()).hexdigest()
     assert prepare_pcam.prepare(tmp_path, {f"{name}.gz": md5}) == [tmp_path / name]
     assert (tmp_path / name).read_bytes() == original
+
+
+def test_pcam_declares_the_centre_box_that_decides_its_label() -> None:
+    from ganlab.data.loaders import LabelRegion
+    from ganlab.data.mnist import MNISTDataModule
+    from ganlab.data.pcam import PCamDataModule
+
+    assert isinstance(PCamDataModule, LabelRegion) and not isinstance(MNISTDataModule, LabelRegion)
+    assert PCamDataModule.label_region(96) == (32, 32, 32, 32)
+    assert PCamDataModule.label_region(64) == (21, 21, 21, 21)  # 32 * 64 / 96 = 21.3 -> 21, centred

@@ -5,13 +5,24 @@ from __future__ import annotations
 import os
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ganlab.errors import GanlabError
+
+
+@runtime_checkable
+class LabelRegion(Protocol):
+    """A dataset whose label is decided by one known box of each image (PCam: the centre 32x32 of 96x96);
+    explanation scores report how much attribution falls inside it. Declared on the datamodule class."""
+
+    @classmethod
+    def label_region(cls, image_size: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the box in an `image_size` x `image_size` image."""
+        ...
 
 
 class BatchedSamples(Sequence):

@@ -21,6 +21,7 @@ from ganlab.data.loaders import BatchedSamples, SplitDataModule
 from ganlab.errors import GanlabError
 
 X_SHAPE = (SIZE, SIZE, 3)
+LABEL_BOX = 32  # a patch is positive iff its centre 32x32 pixels hold tumour
 
 
 def data_dir_of(root: Path) -> Path:
@@ -204,6 +205,12 @@ def decode_on_device(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class PCamDataModule(SplitDataModule):
+    @classmethod
+    def label_region(cls, image_size: int) -> tuple[int, int, int, int]:
+        """The centre box that decides the label, scaled from 96x96 to `image_size` (a ``LabelRegion``)."""
+        side = max(1, round(LABEL_BOX * image_size / SIZE))
+        return (image_size - side) // 2, (image_size - side) // 2, side, side
+
     def __init__(
         self,
         root: str | None = None,

@@ -206,6 +206,20 @@ def _attribute(explainers: dict[str, Any], net: nn.Module, rows: Inputs, targets
     return {name: torch.cat(ms) for name, ms in maps.items()}
 
 
+def _label_region(run_cfg: DictConfig, size: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """The box that decides the label, when the run's datamodule declares one (``LabelRegion``: PCam's centre
+    32x32) and the images are square; None otherwise. The target was checked when the run config was read."""
+    from hydra.utils import get_class
+
+    from ganlab.data.loaders import LabelRegion
+
+    target = run_cfg.data.get("_target_")
+    if not target or size[0] != size[1]:
+        return None
+    data_class = get_class(str(target))
+    return data_class.label_region(int(size[0])) if isinstance(data_class, LabelRegion) else None
+
+
 def explain(cfg: DictConfig) -> Path:
     check_values(cfg, "explain")
     methods = _methods(cfg)
@@ -220,9 +234,9 @@ def explain(cfg: DictConfig) -> Path:
     maps = _attribute(explainers, net, rows, targets, groups, device)
     evaluation = None
     if cfg.evaluate:
-        pcam = "pcam" in str(run_cfg.data.get("_target_", "")).lower()
+        box = _label_region(run_cfg, tuple(rows.images.shape[-2:]))
         evaluation = evaluate_methods(cfg, explainers, net, rows, targets, maps, groups,
-                                      lambda group: _bind(net, rows, group, device), pcam, device)
+                                      lambda group: _bind(net, rows, group, device), box, device)
         _bind(net, rows, None, device)
     cascade = None
     if cfg.sanity == "cascade":  # Adebayo et al.'s per-layer test, with or without evaluate=true

@@ -15,8 +15,6 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from ganlab.explain.cascade import CascadeResult
 
-PCAM_BOX, PCAM_SIZE = 32, 96  # PCam labels a 96x96 patch by tumour tissue in its centre 32x32 pixels
-
 
 def _nanmean(values: list[Tensor]) -> float | None:
     """Mean over rows, ignoring undefined values (NaN: a constant map has no rank correlation, a map with
@@ -49,7 +47,7 @@ def _batches(rows: Any, targets: Tensor | None, groups: list[list[int]], bind: C
 
 def evaluate_methods(cfg: DictConfig, explainers: dict[str, Any], net: nn.Module, rows: Any, targets: Tensor | None,
                      maps: dict[str, Tensor], groups: list[list[int]], bind: Callable[[list[int]], None],
-                     pcam: bool, device: torch.device) -> dict[str, dict]:
+                     box: tuple[int, int, int, int] | None, device: torch.device) -> dict[str, dict]:
     """method -> {deletion_auc, insertion_auc, road_morf, road_lerf[, randomisation_similarity][, centre_mass]},
     means over rows; the randomisation similarity with `sanity=single` only (the cascade replaces it).
 
@@ -58,7 +56,6 @@ def evaluate_methods(cfg: DictConfig, explainers: dict[str, Any], net: nn.Module
     from ganlab.explain import artifacts, evaluation  # deferred: only evaluate=true needs them
 
     size = tuple(rows.images.shape[-2:])
-    box = evaluation.centre_box(size, max(1, round(PCAM_BOX * min(size) / PCAM_SIZE))) if pcam else None
     single = cfg.get("sanity", "single") == "single"
     results: dict[str, dict] = {}
     for name in explainers:
