@@ -10,19 +10,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from ganlab.config_checks import check_values
 from ganlab.errors import GanlabError
-from ganlab.explain.smooth import SmoothGrad
 from ganlab.nets.layers import MinibatchStdDev
 from ganlab.runs import load_model, new_output_dir, resolve_device, resolve_run, write_yaml_atomic
 from ganlab.tasks.explain_inputs import Inputs, dataset_inputs, file_inputs, generated_inputs
-from ganlab.tasks.explain_scores import (cascade_methods, cascade_summary, evaluate_methods, print_cascade, print_table,
-                                         write_cascade)
+from ganlab.tasks.explain_scores import (cascade_methods, cascade_summary, evaluate_methods, method_factory,
+                                         print_cascade, print_table, write_cascade)
 
 # CAM reads the weights of a global-average-pooling + linear head: classifiers have one, discriminators don't.
 NEEDS_GAP_HEAD = frozenset({"cam"})
@@ -105,14 +103,12 @@ def _build(cfg: DictConfig, methods: list[str], net: nn.Module) -> dict[str, Any
     built = {}
     for name in methods:
         try:
-            built[name] = instantiate(cfg.explainers[name])(net)
+            built[name] = method_factory(cfg, name)(net)
         except GanlabError:
             raise
         except Exception as err:
             raise GanlabError(f"explainers.{name}: cannot build {cfg.explainers[name].get('_target_')} "
                               f"for this network ({err})") from None
-        if cfg.smooth > 0:
-            built[name] = SmoothGrad(built[name], int(cfg.smooth), float(cfg.smooth_sigma), seed=int(cfg.seed))
     return built
 
 

@@ -23,9 +23,9 @@ def _nanmean(values: list[Tensor]) -> float | None:
     return None if torch.isnan(mean) else round(float(mean), 4)
 
 
-def _factory(cfg: DictConfig, name: str) -> Callable[[nn.Module], Any]:
-    """model -> explainer `name` as the maps were made (with SmoothGrad for `smooth=N`), for the checks that
-    rebuild a method on a randomised copy of the network."""
+def method_factory(cfg: DictConfig, name: str) -> Callable[[nn.Module], Any]:
+    """model -> explainer `name` as the maps are made (with SmoothGrad for `smooth=N`): the one recipe for the
+    maps and for the checks that rebuild a method on a randomised copy of the network."""
     from hydra.utils import instantiate
 
     from ganlab.explain.smooth import SmoothGrad
@@ -59,7 +59,7 @@ def evaluate_methods(cfg: DictConfig, explainers: dict[str, Any], net: nn.Module
     single = cfg.get("sanity", "single") == "single"
     results: dict[str, dict] = {}
     for name in explainers:
-        factory = _factory(cfg, name)
+        factory = method_factory(cfg, name)
         scores: dict[str, list[Tensor]] = {"deletion_auc": [], "insertion_auc": [], "road_morf": [], "road_lerf": []}
         if single:
             scores["randomisation_similarity"] = []
@@ -88,7 +88,7 @@ def cascade_methods(cfg: DictConfig, explainers: dict[str, Any], net: nn.Module,
 
     results = {}
     for name in explainers:
-        factory = _factory(cfg, name)
+        factory = method_factory(cfg, name)
         parts = [cascading_randomisation(factory, net, x, target)
                  for _, x, target in _batches(rows, targets, groups, bind, device)]
         results[name] = CascadeResult.concat(parts)
