@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ganlab.errors import GanlabError
+from ganlab.explain.artifacts import mass_in_mask
 from ganlab.explain.target import Target, check_inputs, eval_mode, probabilities
 
 SANITY_THRESHOLD = 0.5  # rank correlation above this after randomising the model: the map ignores the model
@@ -263,10 +264,9 @@ def mass_in_box(maps: Tensor, box: tuple[int, int, int, int]) -> Tensor:
     if top < 0 or left < 0 or height < 1 or width < 1 or top + height > maps.shape[2] or left + width > maps.shape[3]:
         raise GanlabError(f"mass_in_box: box {box} (top, left, height, width) is not inside the "
                           f"{maps.shape[2]}x{maps.shape[3]} maps")
-    positive = maps.detach().sum(dim=1).clamp(min=0)
-    total = positive.flatten(1).sum(dim=1)
-    inside = positive[:, top: top + height, left: left + width].flatten(1).sum(dim=1)
-    return torch.where(total > 0, inside / total, torch.full_like(total, float("nan")))
+    mask = torch.zeros(maps.shape[0], 1, *maps.shape[-2:], dtype=torch.bool, device=maps.device)
+    mask[..., top: top + height, left: left + width] = True
+    return mass_in_mask(maps, mask)
 
 
 def normalize_map(maps: Tensor, percentile: float = 99.0) -> Tensor:
