@@ -334,3 +334,17 @@ def test_validation_scores_the_original_grid(tmp_path, image_size):
     error = np.abs(unit_to_ct(v["b"]) - unit_to_ct(0.5 * v["a"] + 0.1))
     seen = ((v["mask"] > 0) & inside)[..., :6]
     assert partial["val/mae_hu"] == pytest.approx(float(error[..., :6][seen].mean()), rel=1e-4)
+
+
+def test_cyclegan_structure_term_is_mind_of_each_input_against_its_translation():
+    model = _cyclegan(lambda_cycle=10, lambda_identity=0, lambda_structure=2.0)
+    a, b = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
+    fake_b, fake_a = model.g_ab(a), model.g_ba(b)  # affine maps of their inputs: the same structure
+    g = model.g_losses(a, b, fake_a, fake_b)
+    assert g["loss_structure"].item() < 1e-5
+    scrambled = torch.rand(2, 1, 8, 8)
+    g = model.g_losses(a, b, fake_a, scrambled)
+    assert g["loss_structure"].item() > 0.05
+    assert g["loss_g"].item() == pytest.approx(g["loss_g_adv"].item() + 10 * g["loss_cycle"].item()
+                                               + 2.0 * g["loss_structure"].item(), rel=1e-5)
+    assert "loss_structure" not in _cyclegan().g_losses(a, b, fake_a, fake_b)

@@ -15,8 +15,15 @@ from ganlab.losses import get_loss
 from ganlab.models.image_pool import ImagePool
 from ganlab.models.step_logging import host_scalar, log_train_values
 from ganlab.models.translation import ImageTranslation
+from ganlab.structure import mind_loss
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def centre_channel(x: Tensor) -> Tensor:
+    """The middle channel of (N, C, H, W): the slice itself of a 2.5-D stack (C = 2 context + 1)."""
+    middle = x.shape[1] // 2
+    return x[:, middle:middle + 1]
 
 
 class CycleGAN(ImageTranslation):
@@ -30,6 +37,7 @@ class CycleGAN(ImageTranslation):
         loss: str = "lsgan",
         lambda_cycle: float = 10.0,
         lambda_identity: float = 0.5,
+        lambda_structure: float = 0.0,
         pool_size: int = 50,
         lr: float = 2e-4,
         decay_start: float = 0.5,
@@ -41,10 +49,10 @@ class CycleGAN(ImageTranslation):
         self.loss = get_loss(loss)  # GanlabError naming model.loss if unknown
         if self.loss.gradient_penalty:
             raise GanlabError(f"model.loss={loss}: CycleGAN does not implement the gradient penalty; use lsgan")
-        if lambda_cycle < 0 or lambda_identity < 0 or pool_size < 0 or not 0 <= decay_start <= 1:
-            raise GanlabError("need model.lambda_cycle >= 0, model.lambda_identity >= 0, model.pool_size >= 0 and "
-                              f"0 <= model.decay_start <= 1; got {lambda_cycle}, {lambda_identity}, {pool_size}, "
-                              f"{decay_start}")
+        if min(lambda_cycle, lambda_identity, lambda_structure, pool_size) < 0 or not 0 <= decay_start <= 1:
+            raise GanlabError("need model.lambda_cycle, lambda_identity, lambda_structure and pool_size >= 0 and "
+                              f"0 <= model.decay_start <= 1; got {lambda_cycle}, {lambda_identity}, {lambda_structure}, "
+                              f"{pool_size}, {decay_start}")
         ch_a, ch_b = getattr(g_ab, "in_channels", None), getattr(g_ab, "out_channels", None)
         wiring = {"g_ba.in_channels": (getattr(g_ba, "in_channels", None), ch_b),
                   "g_ba.out_channels": (getattr(g_ba, "out_channels", None), ch_a),
@@ -88,6 +96,11 @@ class CycleGAN(ImageTranslation):
             identity = (self.g_ab(b) - b).abs().mean() + (self.g_ba(a) - a).abs().mean()
             total = total + hp.lambda_identity * hp.lambda_cycle * identity
             terms["loss_identity"] = identity
+        if hp.lambda_structure > 0:  # MIND of each input against its translation: same anatomy, any contrast
+            structure = mind_loss(centre_channel(a), centre_channel(fake_b)) + mind_loss(
+                centre_channel(b), centre_channel(fake_a))
+            total = total + hp.lambda_structure * structure
+            terms["loss_structure"] = structure
         return {"loss_g": total, **terms}
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -35,7 +35,7 @@ class UNetGenerator(nn.Module):
     """(N, in_channels, S, S) -> (N, out_channels, S, S) in [-1, 1]; S must be divisible by 2**depth."""
 
     def __init__(self, in_channels: int, out_channels: int, base_width: int = 64, depth: int = 8,
-                 norm: str = "batch", dropout: float = 0.5) -> None:
+                 norm: str = "batch", dropout: float = 0.5, full_res_head: bool = False) -> None:
         super().__init__()
         name = type(self).__name__
         check_channels(name, in_channels=in_channels, out_channels=out_channels, base_width=base_width)
@@ -61,17 +61,26 @@ class UNetGenerator(nn.Module):
         self.up = nn.ModuleList()
         for i in range(depth):
             in_width = widths[i] if i == depth - 1 else 2 * widths[i]
-            if i == 0:
+            if i == 0 and not full_res_head:
                 layers = [nn.ReLU(), nn.ConvTranspose2d(in_width, out_channels, 4, 2, 1), nn.Tanh()]
+            elif i == 0:  # up to full resolution as features; the head below makes the image
+                layers = [nn.ReLU(), nn.ConvTranspose2d(in_width, widths[0], 4, 2, 1, bias=bias),
+                          norm_layer(norm, widths[0]), nn.ReLU()]
             else:
                 layers = [nn.ReLU(), nn.ConvTranspose2d(in_width, widths[i - 1], 4, 2, 1, bias=bias),
                           norm_layer(norm, widths[i - 1])]
                 if 4 <= i < depth - 1 and dropout > 0:
                     layers.append(nn.Dropout(dropout))
             self.up.append(nn.Sequential(*layers))
+        # full_res_head: the paper's last layer upsamples from half resolution, so edges one or two pixels wide
+        # (skin, skull tables) are drawn by a stride-2 transposed conv. This head sees the input itself, at
+        # full resolution, beside the decoder's features: two 3x3 convs that place such edges pixel-exactly.
+        self.head = nn.Sequential(
+            nn.Conv2d(widths[0] + in_channels, widths[0], 3, 1, 1, bias=bias), norm_layer(norm, widths[0]),
+            nn.ReLU(), nn.Conv2d(widths[0], out_channels, 3, 1, 1), nn.Tanh()) if full_res_head else None
 
     def forward(self, x: Tensor) -> Tensor:
-        size, step = x.shape[-1], 2 ** self.depth
+        image, size, step = x, x.shape[-1], 2 ** self.depth
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[-2] != size or size % step:
             raise GanlabError(f"{type(self).__name__}: expected (N, {self.in_channels}, S, S) with S divisible by "
                              f"2**depth = {step}, got {tuple(x.shape)}; change data.image_size or model depth")
@@ -84,4 +93,4 @@ class UNetGenerator(nn.Module):
             x = self.up[i](x)
             if i > 0:
                 x = torch.cat([x, skips[i - 1]], dim=1)
-        return x
+        return x if self.head is None else self.head(torch.cat([x, image], dim=1))

@@ -1,0 +1,41 @@
+"""Intensity-blind structure descriptors for cross-modality losses: MIND (Heinrich et al. 2012), as the
+structure-consistency term of MR->CT CycleGANs (Yang et al. 2018).
+
+Hand-written: neither torchmetrics nor torchvision has MIND, and it is a few tensor operations.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# The four in-plane neighbours a pixel's patch is compared with (dy, dx).
+SHIFTS = ((0, 1), (1, 0), (0, -1), (-1, 0))
+
+
+def mind(x: Tensor, patch: int = 3, distance: int = 1) -> Tensor:
+    """(N, C, H, W) -> (N, 4C, H, W) in (0, 1]: for each neighbour shift r, exp(-D(x, r) / V(x)), where D is
+    the patch mean of the squared difference to the shifted image and V the mean of D over the shifts.
+
+    Dividing by V makes the descriptor independent of contrast and of the sign of an edge, so MR and CT of
+    the same anatomy give the same descriptor although their intensities differ (bone: dark in T1, bright
+    in CT). V is clamped to [1e-3, 1e3] times its image mean so flat, noise-only regions stay finite.
+    """
+    pad = distance
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    h, w = x.shape[-2:]
+    dists = []
+    for dy, dx in SHIFTS:
+        shifted = padded[..., pad + dy * distance: pad + dy * distance + h, pad + dx * distance: pad + dx * distance + w]
+        dists.append(F.avg_pool2d((x - shifted) ** 2, patch, 1, patch // 2, count_include_pad=False))
+    d = torch.stack(dists, dim=2)  # (N, C, 4, H, W)
+    v = d.mean(dim=2, keepdim=True)
+    mean_v = v.mean(dim=(-2, -1), keepdim=True)
+    v = torch.maximum(torch.minimum(v, 1e3 * mean_v), 1e-3 * mean_v + 1e-12)
+    return torch.exp(-d / v).flatten(1, 2)
+
+
+def mind_loss(x: Tensor, y: Tensor) -> Tensor:
+    """Mean |MIND(x) - MIND(y)|: 0 when x and y show the same structure, whatever their intensities."""
+    return (mind(x) - mind(y)).abs().mean()
