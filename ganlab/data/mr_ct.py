@@ -52,7 +52,7 @@ class MRCTDataModule(SplitDataModule):
         channels_a: int = 1,
         channels_b: int = 1,
         image_size: int = 64,
-        val_patients: int | float = 2,
+        val_patients: int | float = 0.15,
         mr_norm: str = "percentile",
         mr_percentiles: tuple[float, float] = (0.5, 99.5),
         split_seed: int = 0,
