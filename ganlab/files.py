@@ -8,12 +8,14 @@ refusal (read-only, disk full, permission denied) becomes a GanlabError naming t
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -61,3 +63,14 @@ def removed_on_failure(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rows of dicts -> a CSV with the union of their keys as columns, in first-seen order; floats with 6
+    significant digits, missing cells empty."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows)
+    write_bytes_atomic(path, text.getvalue().encode())

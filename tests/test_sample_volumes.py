@@ -8,6 +8,7 @@ real tiny pix2pix through the console script and samples a phantom patient folde
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -202,7 +203,8 @@ def test_one_patient_folder(tmp_path, monkeypatch):
         save(tmp_path / "1BA001" / f"{name}.nii.gz", volume)
     run, run_cfg = make_run(tmp_path, axis=0, context=1)
     out = sample(run, StandIn(), run_cfg, monkeypatch, f"input={tmp_path / '1BA001'}")
-    assert sorted(p.name for p in out.iterdir()) == ["1BA001_panels.png", "1BA001_sct.nii.gz", "sample.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["1BA001_panels.png", "1BA001_sct.nii.gz", "metrics.csv",
+                                                     "sample.yaml"]
     sct = nib.load(str(out / "1BA001_sct.nii.gz")).get_fdata()
     np.testing.assert_allclose(sct, expected_sct(mr, mask, 0, 1), atol=0.05)
 
@@ -298,6 +300,14 @@ def test_trained_pix2pix_samples_a_phantom_patient(tmp_path, data_dir):
     assert {f"val/{k}" for k in info["metrics"]} <= set(val)
     for key in info["metrics"]:
         assert info["metrics"][key] == pytest.approx(val[f"val/{key}"], rel=1e-3, abs=1e-3), key
+    # The same numbers as CSV tables, per volume (sample) and per validation and patient (train).
+    (row,) = list(csv.DictReader((out / "metrics.csv").open()))
+    assert row["volume"] == held_out
+    assert all(float(row[k]) == pytest.approx(v, rel=1e-5) for k, v in info["metrics"].items())
+    history = list(csv.DictReader((run / "val_patients.csv").open()))
+    assert {r["patient"] for r in history} == {held_out} and len(history) == len({r["step"] for r in history})
+    assert int(history[-1]["step"]) == manifest(run)["global_step"]
+    assert float(history[-1]["mae_hu"]) == pytest.approx(val["val/mae_hu"], rel=1e-5)
 
     # The real model's refusals, in-process (the CLI's one-line error for a GanlabError is tested elsewhere).
     for overrides, message in [([f"input={patients}", "direction=b2a"], "only translates a2b"), ([], "give input=")]:

@@ -76,6 +76,9 @@ class ImageTranslation(LinearDecaySchedule, pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self._val_volumes = PatientSlices()
+        # One row per (validation, held-out patient): step, patient id, metrics; the train task writes it to
+        # <run>/val_patients.csv (the learning curve per patient, the last rows are the final weights).
+        self.val_history: list[dict[str, Any]] = []
 
     def generator_for(self, direction: str) -> nn.Module:
         raise NotImplementedError
@@ -126,8 +129,14 @@ class ImageTranslation(LinearDecaySchedule, pl.LightningModule):
             return
         datamodule = getattr(self.trainer, "datamodule", None)
         names = tissue_names(datamodule)
-        volumes = (on_original_grid(datamodule, p, v) for p, v in self._val_volumes.volumes())
-        per_patient = [score_volume(v, names) for v in volumes if v["mask"].any()]  # skip body-free stubs
+        ids = list(getattr(datamodule, "val_patients", None) or [])
+        scored = {p: score_volume(v, names) for p, v in
+                  ((p, on_original_grid(datamodule, p, v)) for p, v in self._val_volumes.volumes())
+                  if v["mask"].any()}  # skip body-free stubs
         self._val_volumes.clear()
-        if per_patient:
-            self.log_dict({f"val/{k}": v for k, v in mean_over_patients(per_patient).items()})
+        if not scored:
+            return
+        self.log_dict({f"val/{k}": v for k, v in mean_over_patients(list(scored.values())).items()})
+        if not self.trainer.sanity_checking:  # a re-validation at the same step (the final one) replaces its rows
+            self.val_history = [row for row in self.val_history if row["step"] != self.global_step] + [{"step": self.global_step, "patient": ids[p] if p < len(ids) else p, **scores}
+                                 for p, scores in scored.items()]

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ganlab.data import intensity, nifti
 from ganlab.data.slices import Crop
 from ganlab.errors import GanlabError
-from ganlab.files import removed_on_failure
+from ganlab.files import removed_on_failure, write_csv_atomic
 from ganlab.metrics import synthrad
 from ganlab.models.translation import tissue_names
 from ganlab.nets.resnet_generator import ResnetGenerator
@@ -190,5 +190,8 @@ def sample_volumes(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig
             "axis": slicing.axis, "context": slicing.context, "mr_norm": slicing.method,
             "percentiles": list(slicing.percentiles), "volumes": records,
         })
+        scored = [{"volume": name, **r["metrics"]} for name, r in records.items() if "metrics" in r]
+        if scored:  # per volume, as the challenge's evaluation reports them
+            write_csv_atomic(out_dir / "metrics.csv", scored)
     print(f"ganlab sample: wrote {len(records)} volume(s) to {out_dir}")
     return out_dir

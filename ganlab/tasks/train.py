@@ -30,6 +30,8 @@ from ganlab.callbacks.distributed import PerRankSeed
 from ganlab.callbacks.hparams import BestMetrics, hparams_metrics, log_hparams, run_hparams, sweep_info
 from ganlab.callbacks.signals import SignalCheckpoint
 from ganlab.config_checks import check_values
+from ganlab.files import write_csv_atomic
+from ganlab.models.translation import ImageTranslation
 from ganlab.runs import (CHECKPOINT_DIR, CONFIG_FILE, check_run_name, load_checkpoint, load_run_config, resolve_run,
                          resumable_checkpoint, update_manifest, write_yaml_atomic)
 from ganlab.safe_config import targets_of
@@ -187,6 +189,8 @@ def train(cfg: DictConfig) -> Path | float:
         trainer.validate(model, datamodule=datamodule, verbose=False)
         metrics.update(_metrics(trainer))
     if trainer.is_global_zero:
+        if isinstance(model, ImageTranslation) and model.val_history:  # per-patient scores, as SynthRAD reports
+            write_csv_atomic(run_dir / "val_patients.csv", model.val_history)
         # TensorBoard's HParams tab: the run's (swept) overrides with its final and best validation metrics.
         log_hparams(trainer, run_hparams(cfg, overrides, sweep["swept"] if sweep else None),
                     hparams_metrics(metrics, best.best))
