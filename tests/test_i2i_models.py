@@ -348,3 +348,30 @@ def test_cyclegan_structure_term_is_mind_of_each_input_against_its_translation()
     assert g["loss_g"].item() == pytest.approx(g["loss_g_adv"].item() + 10 * g["loss_cycle"].item()
                                                + 2.0 * g["loss_structure"].item(), rel=1e-5)
     assert "loss_structure" not in _cyclegan().g_losses(a, b, fake_a, fake_b)
+
+
+def test_air_outside_mask_sets_the_synthetic_ct_outside_the_body_to_air(tmp_path):
+    """model.air_outside_mask: validation scores sCT = -1000 HU outside the body mask, G's output inside."""
+    from ganlab.data.intensity import unit_to_ct
+    from ganlab.data.mr_ct import MRCTDataModule
+    from ganlab.data.phantom import TISSUES
+    from ganlab.metrics.synthrad import mean_over_patients, synthrad_metrics
+
+    data = MRCTDataModule(cache_dir=str(tmp_path), image_size=32, val_patients=2, batch_size=3,
+                          phantom={"n_patients": 3, "shape": [20, 27, 10]})
+    results = {}
+    for masked in (False, True):
+        model = Pix2Pix(Linear1x1([0.5], bias=0.1), Linear1x1([1.0, 1.0], cond_channels=1), air_outside_mask=masked)
+        trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+        (results[masked],) = trainer.validate(model, datamodule=data, verbose=False)
+    expected = []
+    for i in range(2):
+        v = data.val_volume(i)
+        body = v["mask"] > 0
+        sct = np.where(body, unit_to_ct(0.5 * v["a"] + 0.1), -1000.0)
+        expected.append(synthrad_metrics(unit_to_ct(v["b"]), sct, body, v["tissue"], TISSUES))
+    expected = mean_over_patients(expected)
+    for key, value in expected.items():
+        assert results[True][f"val/{key}"] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+    assert results[True]["val/mae_hu"] == pytest.approx(results[False]["val/mae_hu"], rel=1e-6)  # the body: as is
+    assert results[True]["val/mae_air"] < results[False]["val/mae_air"]

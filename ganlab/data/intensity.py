@@ -16,6 +16,7 @@ import torch
 from ganlab.errors import GanlabError
 
 HU_MIN = -1024.0  # air and anything below (the scanner's floor) maps to -1
+AIR_HU = -1000.0  # air by definition of the Hounsfield scale
 HU_MAX = 3000.0  # dense cortical bone / dental fillings; above is clipped to +1
 MR_METHODS = ("percentile", "zscore")
 ZSCORE_SPAN = 3.0  # zscore: mean +- 3 std maps to +-1

@@ -40,9 +40,10 @@ class CycleGAN(ImageTranslation):
         lambda_structure: float = 0.0,
         pool_size: int = 50,
         lr: float = 2e-4,
+        air_outside_mask: bool = False,
         decay_start: float = 0.5,
     ) -> None:
-        super().__init__()
+        super().__init__(air_outside_mask)
         # Networks and the optimizer factory are rebuilt from config.yaml, never pickled into the checkpoint.
         self.save_hyperparameters(ignore=["g_ab", "g_ba", "d_a", "d_b", "optimizer"])
         self.automatic_optimization = False

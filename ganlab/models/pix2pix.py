@@ -35,9 +35,10 @@ class Pix2Pix(CapturableIteration, ImageTranslation):
         paired: bool = True,
         lr_g: float = 2e-4,
         lr_d: float = 2e-4,
+        air_outside_mask: bool = False,
         decay_start: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(air_outside_mask)
         # Networks and the optimizer factory are rebuilt from config.yaml, never pickled into the checkpoint.
         self.save_hyperparameters(ignore=["g_ab", "d_b", "optimizer"])
         self.automatic_optimization = False

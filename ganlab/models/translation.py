@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from ganlab.data.intensity import HU_MIN, unit_to_ct
+from ganlab.data.intensity import AIR_HU, HU_MIN, unit_to_ct
 from ganlab.errors import GanlabError
 from ganlab.models.lr_schedule import LinearDecaySchedule
 from ganlab.metrics.synthrad import (PatientSlices, mae_hu, mae_per_tissue, mean_over_patients, psnr_hu,
@@ -73,8 +73,11 @@ class ImageTranslation(LinearDecaySchedule, pl.LightningModule):
 
     directions: tuple[str, ...] = DIRECTIONS
 
-    def __init__(self) -> None:
+    def __init__(self, air_outside_mask: bool = False) -> None:
         super().__init__()
+        # The body mask's outside is air (as SynthRAD's masks define it and its MAE ignores it): set it to
+        # -1000 HU in the synthetic CT rather than leave the generator's noise there.
+        self.air_outside_mask = air_outside_mask
         self._val_volumes = PatientSlices()
         # One row per (validation, held-out patient): step, patient id, metrics; the train task writes it to
         # <run>/val_patients.csv (the learning curve per patient, the last rows are the final weights).
@@ -110,8 +113,11 @@ class ImageTranslation(LinearDecaySchedule, pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         fake_b = self.translate(batch["a"], "a2b")
-        images = {"sct": unit_to_ct(fake_b[:, 0]), "ct": unit_to_ct(batch["b"][:, 0]),
-                  "mask": batch["mask"][:, 0] > 0.5}
+        mask = batch["mask"][:, 0] > 0.5
+        sct = unit_to_ct(fake_b[:, 0])
+        if self.air_outside_mask:
+            sct = torch.where(mask, sct, torch.full_like(sct, AIR_HU))
+        images = {"sct": sct, "ct": unit_to_ct(batch["b"][:, 0]), "mask": mask}
         if "tissue" in batch:
             images["tissue"] = batch["tissue"][:, 0]
         self._val_volumes.add(batch["patient"], batch["slice"], **images)

@@ -112,6 +112,8 @@ def translate_volume(model: Any, item: VolumeInput, slicing: Slicing, direction:
     out = translate_stack(model, planes, context, direction, slicing, batch_size, device, item.name)
     out = np.moveaxis(out, 0, slicing.axis)
     result = out if direction == "b2a" else np.asarray(intensity.unit_to_ct(out), dtype=np.float32)
+    if direction == "a2b" and mask is not None and getattr(model, "air_outside_mask", False):
+        result[~mask] = intensity.AIR_HU  # as the run's validation did
     return {"source_unit": unit, "image": image, "output": result, "mask": mask}
 
 
