@@ -6,6 +6,7 @@ intensity-lookup baselines (`ganlab.metrics.mr2ct_baselines`) on the same held-o
 SynthRAD2023 metric functions. Prints a markdown table (held-out patients, mean over patients).
 
     OMP_NUM_THREADS=1 nice python scripts/bench_mr2ct.py --steps 4000 --cyclegan-steps 800 --workdir /tmp/bench_mr2ct
+    python scripts/bench_mr2ct.py --workdir /tmp/m --run-dirs RUN1 RUN2 --figures benchmarks/figures  # score finished runs
     python scripts/bench_mr2ct.py --steps 0            # baselines only
     python scripts/bench_mr2ct.py --extra trainer=gpu  # any further Hydra overrides for both runs
 """
@@ -13,10 +14,11 @@ SynthRAD2023 metric functions. Prints a markdown table (held-out patients, mean 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
+import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -45,8 +47,33 @@ def finish_training(experiment: str, proc: subprocess.Popen, workdir: Path) -> t
         sys.exit(f"{' '.join(proc.args)} failed; see {workdir / f'{experiment}.log'}")
     runs = (workdir / "outputs" / "train" / experiment).glob("*/run.yaml")
     run_dir = max(runs, key=lambda p: p.stat().st_mtime).parent
+    return run_dir, run_metrics(run_dir)
+
+
+def run_metrics(run_dir: Path) -> dict[str, float]:
+    """The final held-out metrics of a finished run (run.yaml `val/*`)."""
     metrics = yaml.safe_load((run_dir / "run.yaml").read_text())["metrics"]
-    return run_dir, {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")}
+    return {k.removeprefix("val/"): v for k, v in metrics.items() if k.startswith("val/")}
+
+
+def learning_curve(run_dir: Path) -> str:
+    """Held-out MAE (mean over patients) at each validation, from the run's val_patients.csv."""
+    steps: dict[int, list[float]] = {}
+    for row in csv.DictReader((run_dir / "val_patients.csv").open()):
+        steps.setdefault(int(row["step"]), []).append(float(row["mae_hu"]))
+    return ", ".join(f"{step}: {sum(v) / len(v):.0f}" for step, v in sorted(steps.items()))
+
+
+def panel(experiment: str, run_dir: Path, workdir: Path, figures: Path) -> Path:
+    """`ganlab sample` on the first held-out patient: MR | sCT | CT | |error| of its middle slice."""
+    (root,) = (workdir / "data").glob("mr_ct_phantom_*")
+    patient = next(csv.DictReader((run_dir / "val_patients.csv").open()))["patient"]
+    out = workdir / f"{experiment}_sample"
+    subprocess.run([GANLAB, "sample", f"run={run_dir}", f"input={root / patient}", f"output={out}",
+                    "panel_slices=1"], check=True, cwd=workdir, stdout=subprocess.DEVNULL)
+    (png,) = max(out.iterdir(), key=lambda p: p.stat().st_mtime).glob("*_panels.png")
+    figures.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(png, figures / f"{experiment}_{patient}.png"))
 
 
 def baselines(workdir: Path, extra: list[str]) -> dict[str, dict[str, float]]:
@@ -96,6 +123,10 @@ def main() -> None:
                         help="CycleGAN's own budget (default: --steps; 0: skip)")
     parser.add_argument("--workdir", type=Path, default=Path("bench_mr2ct"))
     parser.add_argument("--extra", nargs="*", default=["logger=none"], help="Hydra overrides for both runs")
+    parser.add_argument("--run-dirs", nargs="*", type=Path, default=[],
+                        help="score these finished pix2pix/cyclegan run dirs instead of training new ones")
+    parser.add_argument("--figures", type=Path, default=None,
+                        help="copy each run's MR | sCT | CT | |error| panel of a held-out patient here")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -103,14 +134,19 @@ def main() -> None:
     rows = baselines(args.workdir, args.extra)  # (also generates the phantom once, before the runs share it)
     cyclegan_steps = args.steps if args.cyclegan_steps is None else args.cyclegan_steps
     budgets = {"pix2pix_mr2ct": args.steps, "cyclegan_mr2ct": cyclegan_steps}
-    budgets = {k: v for k, v in budgets.items() if v}
-    start = time.time()
+    budgets = {k: v for k, v in budgets.items() if v and not args.run_dirs}
     # Both runs at once, one thread each: on a small CPU machine that is faster than one after the other.
     procs = {name: start_training(name, steps, args.workdir, args.extra) for name, steps in budgets.items()}
-    for experiment, proc in procs.items():
-        run_dir, metrics = finish_training(experiment, proc, args.workdir)
-        rows[f"{experiment} ({budgets[experiment]} steps)"] = metrics
-        print(f"{experiment}: {run_dir} (done after {(time.time() - start) / 60:.1f} min)", file=sys.stderr)
+    done = [finish_training(experiment, proc, args.workdir) for experiment, proc in procs.items()]
+    done += [(run_dir, run_metrics(run_dir)) for run_dir in args.run_dirs]
+    for run_dir, metrics in done:
+        info = yaml.safe_load((run_dir / "run.yaml").read_text())
+        experiment = info["name"]
+        rows[f"{experiment} ({info['global_step']} steps)"] = metrics
+        print(f"{experiment}: {run_dir} ({info['started']} - {info['finished']})\n"
+              f"  held-out MAE per validation (step: HU): {learning_curve(run_dir)}", file=sys.stderr)
+        if args.figures:
+            print(f"  panel: {panel(experiment, run_dir, args.workdir, args.figures)}", file=sys.stderr)
     print(f"Held-out phantom patients, mean over patients (MAE in HU, PSNR in dB):\n\n{table(rows)}")
 
 

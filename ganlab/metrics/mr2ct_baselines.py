@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ganlab.data.intensity import AIR_HU
 from ganlab.errors import GanlabError
 
-WATER_HU, AIR_HU = 0.0, -1000.0
+WATER_HU = 0.0
 
 
 def water_baseline(mask: Tensor) -> Tensor:
