@@ -224,6 +224,8 @@ class Slices(Dataset):
 
 
 class SliceData(pl.LightningDataModule):
+    tissues = ("air", "fat", "soft_tissue")  # the class names of its labels (0 outside, 2 inside the body)
+
     def train_dataloader(self):
         return DataLoader(Slices(2), batch_size=4, shuffle=True)
 

@@ -13,8 +13,9 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from ganlab.data.intensity import MR_METHODS
-from ganlab.data.phantom import TISSUES, write_phantom_dataset
+from ganlab.data.phantom import write_phantom_dataset
 from ganlab.data.slices import Crop, ImageSlices, PairedSlices, UnpairedSlices, VolumeSlices, restack
+from ganlab.data.tissue_names import names_for_labels, read_tissue_names
 from ganlab.data.volumes import Patient, VolumeCache, find_patients, load_patient
 from ganlab.data.loaders import SplitDataModule
 from ganlab.errors import GanlabError
@@ -105,8 +106,11 @@ class MRCTDataModule(SplitDataModule):
             self.mr_patients, self.ct_patients = self.train_patients[0::2], self.train_patients[1::2]
         else:
             self.mr_patients = self.ct_patients = list(self.train_patients)
-        # Class names of the "tissue" maps (labels.nii.gz uses the phantom's classes); None without labels.
-        self.tissues = TISSUES if all("tissue" in self.patients[i].arrays for i in self.val_patients) else None
+        # Class names of the "tissue" maps, as the dataset declares them (tissues.json, the phantom's
+        # phantom.json), else tissue0, tissue1, ...; None without labels.
+        labelled = [self.patients[i].arrays["tissue"] for i in self.val_patients if "tissue" in self.patients[i].arrays]
+        self.tissues = names_for_labels(read_tissue_names(self.root), max(int(np.load(t, mmap_mode="r").max()) for t in labelled)) if (
+            len(labelled) == len(self.val_patients)) else None
         self.datasets: dict[str, Dataset] = {}
         self._val_volumes = self._slices(self.val_patients)
 

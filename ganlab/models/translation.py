@@ -28,15 +28,9 @@ def translation_panel(a: Tensor, fake_b: Tensor, b: Tensor) -> Tensor:
 
 
 def tissue_names(datamodule: object) -> Sequence[str] | None:
-    """Class names of the validation "tissue" labels: the data module's, else the phantom's."""
-    names = getattr(datamodule, "tissue_names", None) or getattr(datamodule, "tissues", None)
-    if names:
-        return list(names)
-    try:
-        from ganlab.data.phantom import TISSUES
-    except ImportError:
-        return None
-    return list(TISSUES)
+    """Class names of the validation "tissue" labels, as the data module read them from its dataset."""
+    names = getattr(datamodule, "tissues", None)
+    return list(names) if names else None
 
 
 FILL = {"sct": HU_MIN, "ct": HU_MIN, "mask": 0, "tissue": -1}  # cropped-away voxels: air, no body, no class

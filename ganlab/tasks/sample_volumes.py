@@ -22,11 +22,11 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from ganlab.data import intensity, nifti
+from ganlab.data.tissue_names import tissue_names_near
 from ganlab.data.slices import Crop
 from ganlab.errors import GanlabError
 from ganlab.files import removed_on_failure, write_csv_atomic
 from ganlab.metrics import synthrad
-from ganlab.models.translation import tissue_names
 from ganlab.nets.resnet_generator import ResnetGenerator
 from ganlab.nets.unet import UNetGenerator
 from ganlab.plots import save_figure, translation_panel_figure
@@ -130,7 +130,7 @@ def _check_inputs(items: list[VolumeInput]) -> None:
 
 
 def volume_metrics(sct: np.ndarray, ct: np.ndarray, mask: np.ndarray | None,
-                   labels: np.ndarray | None = None) -> dict[str, float | None]:
+                   labels: np.ndarray | None = None, names: tuple[str, ...] = ()) -> dict[str, float | None]:
     """SynthRAD2023's MAE (HU), PSNR (dB, range 4024 HU) and SSIM in the mask; SSIM is None (with a warning)
     for a volume too small for its 7-voxel window, rather than losing the file that was just written."""
     scores: dict[str, float | None] = {"mae_hu": synthrad.mae_hu(ct, sct, mask),
@@ -141,7 +141,6 @@ def volume_metrics(sct: np.ndarray, ct: np.ndarray, mask: np.ndarray | None,
         warnings.warn(f"SSIM skipped: {err}", stacklevel=2)
         scores["ssim"] = None
     if labels is not None:
-        names = tissue_names(None) or []
         scores.update({f"mae_{k}": v for k, v in synthrad.mae_per_tissue(ct, sct, labels, names).items()})
     return scores
 
@@ -150,13 +149,14 @@ def _score(cfg: DictConfig, item: VolumeInput, result: dict[str, Any], axis: int
     """Metrics and the MR | sCT | CT | |error| panel of one volume against its real CT."""
     ct = nifti.read_volume(item.reference)[0]
     labels = None if item.labels is None else np.rint(nifti.read_volume(item.labels)[0]).astype(np.int64)
+    names = () if labels is None else tissue_names_near(item.labels, int(labels.max()))
     panel = f"{item.name}_panels.png"
     figure = translation_panel_figure(result["source_unit"], result["output"], ct, axis=axis, mask=result["mask"],
                                       n_slices=int(cfg.get("panel_slices") or 4), title=item.name,
                                       zooms=result["image"].header.get_zooms()[:3])
     save_figure(figure, out_dir / panel)
     return {"reference": str(item.reference.resolve()), "panel": panel,
-            "metrics": volume_metrics(result["output"], ct, result["mask"], labels)}
+            "metrics": volume_metrics(result["output"], ct, result["mask"], labels, names)}
 
 
 def sample_volumes(cfg: DictConfig, ref: RunRef, model: Any, run_cfg: DictConfig, device: torch.device) -> Path:
