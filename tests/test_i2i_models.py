@@ -377,3 +377,19 @@ def test_air_outside_mask_sets_the_synthetic_ct_outside_the_body_to_air(tmp_path
         assert results[True][f"val/{key}"] == pytest.approx(value, rel=1e-4, abs=1e-4), key
     assert results[True]["val/mae_hu"] == pytest.approx(results[False]["val/mae_hu"], rel=1e-6)  # the body: as is
     assert results[True]["val/mae_air"] < results[False]["val/mae_air"]
+
+
+def test_cyclegan_histogram_term_compares_intensities_inside_the_masks():
+    model = _cyclegan(lambda_cycle=10, lambda_identity=0, lambda_histogram=3.0)
+    a, b = _const(0.6), _const(-0.6)
+    fake_b, fake_a = model.g_ab(a), model.g_ba(b)  # 0.3 (b is -0.6), -0.4 (a is 0.6)
+    mask = torch.ones_like(a)
+    g = model.g_losses(a, b, fake_a, fake_b, (mask, mask))
+    assert g["loss_histogram"].item() == pytest.approx(0.9 + 1.0, rel=1e-5)
+    outside = b.clone()
+    outside[:, :, :2] = 5.0  # outside b's mask: ignored
+    mask_b = torch.ones_like(b)
+    mask_b[:, :, :2] = 0
+    g = model.g_losses(a, outside, fake_a, fake_b, (mask, mask_b))
+    assert g["loss_histogram"].item() == pytest.approx(1.9, rel=1e-5)
+    assert g["loss_g"].item() == pytest.approx(g["loss_g_adv"].item() + 10 * g["loss_cycle"].item() + 3 * 1.9, rel=1e-5)

@@ -15,7 +15,7 @@ from ganlab.losses import get_loss
 from ganlab.models.image_pool import ImagePool
 from ganlab.models.step_logging import host_scalar, log_train_values
 from ganlab.models.translation import ImageTranslation
-from ganlab.structure import mind_loss
+from ganlab.structure import mind_loss, quantile_loss
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -38,6 +38,7 @@ class CycleGAN(ImageTranslation):
         lambda_cycle: float = 10.0,
         lambda_identity: float = 0.5,
         lambda_structure: float = 0.0,
+        lambda_histogram: float = 0.0,
         pool_size: int = 50,
         lr: float = 2e-4,
         air_outside_mask: bool = False,
@@ -50,10 +51,11 @@ class CycleGAN(ImageTranslation):
         self.loss = get_loss(loss)  # GanlabError naming model.loss if unknown
         if self.loss.gradient_penalty:
             raise GanlabError(f"model.loss={loss}: CycleGAN does not implement the gradient penalty; use lsgan")
-        if min(lambda_cycle, lambda_identity, lambda_structure, pool_size) < 0 or not 0 <= decay_start <= 1:
-            raise GanlabError("need model.lambda_cycle, lambda_identity, lambda_structure and pool_size >= 0 and "
-                              f"0 <= model.decay_start <= 1; got {lambda_cycle}, {lambda_identity}, {lambda_structure}, "
-                              f"{pool_size}, {decay_start}")
+        weights = {"lambda_cycle": lambda_cycle, "lambda_identity": lambda_identity, "lambda_structure": lambda_structure,
+                   "lambda_histogram": lambda_histogram, "pool_size": pool_size}
+        if min(weights.values()) < 0 or not 0 <= decay_start <= 1:
+            raise GanlabError("need model." + ", ".join(f"{k}={v}" for k, v in weights.items()) + " all >= 0 and "
+                              f"0 <= model.decay_start={decay_start} <= 1")
         ch_a, ch_b = getattr(g_ab, "in_channels", None), getattr(g_ab, "out_channels", None)
         wiring = {"g_ba.in_channels": (getattr(g_ba, "in_channels", None), ch_b),
                   "g_ba.out_channels": (getattr(g_ba, "out_channels", None), ch_a),
@@ -86,8 +88,10 @@ class CycleGAN(ImageTranslation):
         return {"loss_d_a": self.loss.d_loss(self.d_a(a), self.d_a(pooled_fake_a.detach())),
                 "loss_d_b": self.loss.d_loss(self.d_b(b), self.d_b(pooled_fake_b.detach()))}
 
-    def g_losses(self, a: Tensor, b: Tensor, fake_a: Tensor, fake_b: Tensor) -> dict[str, Tensor]:
-        """Both generators' objective (the module docstring's G step), its total and each term."""
+    def g_losses(self, a: Tensor, b: Tensor, fake_a: Tensor, fake_b: Tensor,
+                 masks: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+        """Both generators' objective, its total and each term; `masks` are a's and b's body masks (the
+        histogram term compares intensities inside them; without masks, over whole images)."""
         hp = self.hparams
         adv = self.loss.g_loss(self.d_b(fake_b)) + self.loss.g_loss(self.d_a(fake_a))
         cycle = (self.g_ba(fake_b) - a).abs().mean() + (self.g_ab(fake_a) - b).abs().mean()
@@ -102,6 +106,12 @@ class CycleGAN(ImageTranslation):
                 centre_channel(b), centre_channel(fake_a))
             total = total + hp.lambda_structure * structure
             terms["loss_structure"] = structure
+        if hp.lambda_histogram > 0:  # each translation's intensity histogram in the body against its real domain's
+            mask_a, mask_b = masks if masks is not None else (torch.ones_like(a[:, :1]), torch.ones_like(b[:, :1]))
+            histogram = quantile_loss(fake_b, mask_a, b, mask_b) + quantile_loss(
+                centre_channel(fake_a), mask_b, centre_channel(a), mask_a)
+            total = total + hp.lambda_histogram * histogram
+            terms["loss_histogram"] = histogram
         return {"loss_g": total, **terms}
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -118,7 +128,8 @@ class CycleGAN(ImageTranslation):
             opt_d.step()
 
         with self.toggled_optimizer(opt_g):
-            g = self.g_losses(a, b, fake_a, fake_b)
+            masks = (batch["mask"], batch["mask_b"]) if "mask_b" in batch else None
+            g = self.g_losses(a, b, fake_a, fake_b, masks)
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g["loss_g"])
             opt_g.step()
