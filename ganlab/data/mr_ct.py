@@ -108,9 +108,9 @@ class MRCTDataModule(SplitDataModule):
             self.mr_patients = self.ct_patients = list(self.train_patients)
         # Class names of the "tissue" maps, as the dataset declares them (tissues.json, the phantom's
         # phantom.json), else tissue0, tissue1, ...; None without labels.
-        labelled = [self.patients[i].arrays["tissue"] for i in self.val_patients if "tissue" in self.patients[i].arrays]
-        self.tissues = names_for_labels(read_tissue_names(self.root), max(int(np.load(t, mmap_mode="r").max()) for t in labelled)) if (
-            len(labelled) == len(self.val_patients)) else None
+        labels = [self.patients[i].arrays.get("tissue") for i in self.val_patients]
+        self.tissues = None if None in labels else names_for_labels(
+            read_tissue_names(self.root), max(int(np.load(path, mmap_mode="r").max()) for path in labels))
         self.datasets: dict[str, Dataset] = {}
         self._val_volumes = self._slices(self.val_patients)
 

@@ -138,5 +138,6 @@ class ImageTranslation(LinearDecaySchedule, pl.LightningModule):
             return
         self.log_dict({f"val/{k}": v for k, v in mean_over_patients(list(scored.values())).items()})
         if not self.trainer.sanity_checking:  # a re-validation at the same step (the final one) replaces its rows
-            self.val_history = [row for row in self.val_history if row["step"] != self.global_step] + [{"step": self.global_step, "patient": ids[p] if p < len(ids) else p, **scores}
-                                 for p, scores in scored.items()]
+            step = self.global_step
+            rows = [{"step": step, "patient": ids[p] if p < len(ids) else p, **scores} for p, scores in scored.items()]
+            self.val_history = [row for row in self.val_history if row["step"] != step] + rows
