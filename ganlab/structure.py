@@ -22,17 +22,17 @@ def mind(x: Tensor, patch: int = 3, distance: int = 1) -> Tensor:
     the same anatomy give the same descriptor although their intensities differ (bone: dark in T1, bright
     in CT). V is clamped to [1e-3, 1e3] times its image mean so flat, noise-only regions stay finite.
     """
-    pad = distance
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    k = distance
+    padded = F.pad(x, (k, k, k, k), mode="replicate")
     h, w = x.shape[-2:]
     dists = []
     for dy, dx in SHIFTS:
-        shifted = padded[..., pad + dy * distance: pad + dy * distance + h, pad + dx * distance: pad + dx * distance + w]
+        shifted = padded[..., k + dy * k: k + dy * k + h, k + dx * k: k + dx * k + w]
         dists.append(F.avg_pool2d((x - shifted) ** 2, patch, 1, patch // 2, count_include_pad=False))
     d = torch.stack(dists, dim=2)  # (N, C, 4, H, W)
     v = d.mean(dim=2, keepdim=True)
     mean_v = v.mean(dim=(-2, -1), keepdim=True)
-    v = torch.maximum(torch.minimum(v, 1e3 * mean_v), 1e-3 * mean_v + 1e-12)
+    v = v.clamp(min=1e-3 * mean_v + 1e-12, max=1e3 * mean_v)
     return torch.exp(-d / v).flatten(1, 2)
 
 
